@@ -1,0 +1,25 @@
+# Two entry points (README): `make run` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup run test bench clean
+
+$(BIN)/searchtune: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# torch first and pinned: the CPU wheel of 2.13.0 is what this project is tested with,
+	# and any looser spec would pull the CUDA build (GBs) on a CPU machine.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[test]"
+	@touch $@
+
+setup: $(BIN)/searchtune
+
+run: setup
+	HF_HUB_OFFLINE=1 $(BIN)/searchtune run
+
+test: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .searchtune

@@ -1,0 +1,1 @@
+"""KFP components, one folder per pipeline step; the step logic lives in ``searchtune``."""

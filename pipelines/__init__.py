@@ -1,0 +1,1 @@
+"""The compiled KFP DAG(s) of searchtune."""

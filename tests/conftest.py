@@ -1,0 +1,43 @@
+# --- storage/registry fixtures ---
+# A real gcp-storage-emulator server (see tests/gcs_emulator.py) shared by the session,
+# a fresh bucket per test, and a registry root that is either a local folder or a gs://
+# prefix in that bucket, so registry tests run against both back ends.
+import os as _os
+
+import pytest as _pytest
+
+
+@_pytest.fixture(scope="session")
+def gcs_emulator():
+    """The running emulator; STORAGE_EMULATOR_HOST points at it for this process and its children."""
+    import importlib.util
+
+    # pytest runs with --import-mode=importlib, so tests/ is not on sys.path: load by file.
+    spec = importlib.util.spec_from_file_location("gcs_emulator", _os.path.join(_os.path.dirname(__file__), "gcs_emulator.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    emulator = module.Emulator().start()
+    previous = _os.environ.get("STORAGE_EMULATOR_HOST")
+    _os.environ["STORAGE_EMULATOR_HOST"] = emulator.endpoint
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+        if previous is None:
+            _os.environ.pop("STORAGE_EMULATOR_HOST", None)
+        else:
+            _os.environ["STORAGE_EMULATOR_HOST"] = previous
+
+
+@_pytest.fixture
+def gcs_bucket(gcs_emulator) -> str:
+    """``gs://<fresh bucket>`` in the emulator."""
+    return f"gs://{gcs_emulator.new_bucket()}"
+
+
+@_pytest.fixture(params=["local", "gcs"])
+def registry_root(request, tmp_path) -> str:
+    """A registry root: a local folder, then a gs:// prefix in a fresh emulator bucket."""
+    if request.param == "local":
+        return str(tmp_path / "registry")
+    return request.getfixturevalue("gcs_bucket") + "/registry"
