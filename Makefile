@@ -10,6 +10,8 @@ $(BIN)/searchtune: pyproject.toml
 	# torch first and pinned: the CPU wheel of 2.13.0 is what this project is tested with,
 	# and any looser spec would pull the CUDA build (GBs) on a CPU machine.
 	$(BIN)/pip install --quiet torch==2.13.0
+	# The same pinned lock the CPU image installs (images/requirements-cpu.lock), then the project.
+	$(BIN)/pip install --quiet --no-deps -r images/requirements-cpu.lock
 	$(BIN)/pip install --quiet -e ".[test]"
 	@touch $@
 

@@ -41,3 +41,47 @@ def registry_root(request, tmp_path) -> str:
     if request.param == "local":
         return str(tmp_path / "registry")
     return request.getfixturevalue("gcs_bucket") + "/registry"
+
+
+# --- pipeline fixtures ---
+# Small real data for the steps: the project's own generator, ingested once per session.
+@_pytest.fixture(scope="session")
+def sample_frame():
+    from searchtune import sample_data
+
+    return sample_data.generate_judgements(n_queries=160, seed=11)
+
+
+@_pytest.fixture(scope="session")
+def sample_file(sample_frame, tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("data") / "judgements.parquet"
+    sample_frame.to_parquet(path)
+    return str(path)
+
+
+@_pytest.fixture(scope="session")
+def splits_dir(sample_file, tmp_path_factory) -> str:
+    from searchtune import ingest
+
+    out = tmp_path_factory.mktemp("splits")
+    ingest.ingest(sample_file, str(out), ingest.ColumnMapping(text=("product_title", "brand")))
+    return str(out)
+
+
+@_pytest.fixture(scope="session")
+def tokenized_dir(splits_dir, tmp_path_factory) -> str:
+    from searchtune import tokenize
+
+    out = tmp_path_factory.mktemp("tokenized")
+    tokenize.tokenize(splits_dir, str(out), base_model="", architecture="bi-encoder", max_length=32)
+    return str(out)
+
+
+@_pytest.fixture(scope="session")
+def trained_model_dir(tokenized_dir, tmp_path_factory) -> str:
+    """A real (tiny) LoRA bi-encoder: 1 epoch on 256 rows."""
+    from searchtune import finetune
+
+    out = tmp_path_factory.mktemp("model")
+    finetune.finetune(tokenized_dir, str(out), finetune.TrainConfig(epochs=1, max_train_rows=256, batch_size=32))
+    return str(out)

@@ -265,7 +265,6 @@ def test_inferenceservice_pulls_the_production_alias_with_the_real_cli():
     assert f"test -f {args.dest}/searchtune_model.json" in script, "a finished pull is not repeated"
 
 
-@pytest.mark.xfail(strict=True, reason="`searchtune serve` (the KServe predictor entry point) is not written yet")
 def test_inferenceservice_predictor_command_exists():
     _, container, env = serving_containers()
     assert container["name"] == "kserve-container"

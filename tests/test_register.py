@@ -94,6 +94,15 @@ def test_first_registration_holds_everything_and_becomes_production(registry_roo
     assert [(h["version"], h["run_id"], h["moved_by"]) for h in history] == [(1, "run-1", "searchtune-pipeline")]
 
 
+def test_retried_register_task_reuses_its_version(registry_root, inputs, tmp_path):
+    model_dir, splits_dir = inputs
+    evaluation_dir = make_evaluation_dir(tmp_path / "eval", 0.8)
+    first = register_model(registry_root, MODEL, model_dir, splits_dir, evaluation_dir, "run-1", {})
+    again = register_model(registry_root, MODEL, model_dir, splits_dir, evaluation_dir, "run-1", {})
+    assert first["version"] == again["version"] == 1 and again["promoted"]
+    assert [v["version"] for v in ModelRegistry(registry_root).versions(MODEL)] == [1]
+
+
 def test_reference_sample_is_deterministic(tmp_path, inputs):
     model_dir, splits_dir = inputs
     root = str(tmp_path / "registry")

@@ -40,13 +40,13 @@ def register(
     from searchtune.errors import SearchtuneError
     from searchtune.register import register_model, write_outcome
 
-    logs.setup()
-    try:
-        parameters = json.loads(parameters_json or "{}")
-    except json.JSONDecodeError as error:
-        raise SearchtuneError(f"parameters_json is not valid JSON: {error}") from None
-    outcome = register_model(registry_root, model_name, model.path, splits.path, evaluation.path, run_id, parameters)
-    os.makedirs(registration.path, exist_ok=True)
-    write_outcome(outcome, os.path.join(registration.path, "registration.json"))
-    registration.metadata.update(outcome)
-    return int(outcome["version"])
+    with logs.component_step("register"):
+        try:
+            parameters = json.loads(parameters_json or "{}")
+        except json.JSONDecodeError as error:
+            raise SearchtuneError(f"parameters_json is not valid JSON: {error}") from None
+        outcome = register_model(registry_root, model_name, model.path, splits.path, evaluation.path, run_id, parameters)
+        os.makedirs(registration.path, exist_ok=True)
+        write_outcome(outcome, os.path.join(registration.path, "registration.json"))
+        registration.metadata.update(outcome)
+        return int(outcome["version"])

@@ -12,7 +12,7 @@ from searchtune.errors import SearchtuneError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from searchtune import cluster, pipeline_cli, registry_cli, sample_data, submit
+    from searchtune import cluster, pipeline_cli, registry_cli, sample_data, serve, submit
 
     parser = argparse.ArgumentParser(
         prog="searchtune",
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline_cli.add_compile_parser(commands, cluster)
     submit.add_parser(commands)
     registry_cli.add_parser(commands)
+    serve.add_parser(commands)
     sample_data.add_parser(commands)
     return parser
 

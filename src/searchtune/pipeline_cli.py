@@ -151,7 +151,7 @@ def describe_run(result: dict) -> str:
         f"  summary:      {run_dir / 'evaluate' / 'summary'}",
         f"  drift report: {run_dir / 'evaluate' / 'drift_report'}",
     ]
-    registration = run_dir / "register" / "registration"
+    registration = run_dir / "register" / "registration" / "registration.json"
     if registration.exists():
         outcome = json.loads(registration.read_text())
         lines.append(f"  registry:     {outcome.get('registry_uri', result['registry_root'])} "

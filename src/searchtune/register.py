@@ -186,17 +186,14 @@ def register_model(registry_root: str, model_name: str, model_dir: str, splits_d
         if key not in blessing:
             raise SearchtuneError(f"{os.path.join(evaluation_dir, 'blessing.json')}: missing '{key}'")
     registry = ModelRegistry(registry_root)
-    with tempfile.TemporaryDirectory(prefix="searchtune-register-") as staging:
-        lineage = _stage_version(staging, model_dir, splits_dir, evaluation_dir, run_id, parameters)
-        manifest = registry.register_version(model_name, staging, {
-            "run_id": run_id,
-            "created_by": actor,
-            "auc": blessing["candidate"]["auc"],
-            "blessed": True,
-            "blessing_reason": blessing.get("reason", ""),
-            "data_fingerprint": lineage["data"]["fingerprint"],
-            "code": lineage["code"],
-        })
+    # A retried register task (KFP retry policy, preempted pod) finds its own version
+    # instead of adding a second copy of the same model.
+    manifest = next((m for m in registry.versions(model_name) if run_id and m.get("run_id") == run_id), None)
+    if manifest is not None:
+        log.info("run %s already registered %s v%d; reusing it", run_id, model_name, manifest["version"])
+    else:
+        manifest = _register_new_version(registry, model_name, model_dir, splits_dir, evaluation_dir, run_id,
+                                         parameters, actor, blessing)
     version = manifest["version"]
     promoted, reason, before, after = _promote(registry, model_name, version, blessing, run_id, actor)
     outcome = {
@@ -214,6 +211,22 @@ def register_model(registry_root: str, model_name: str, model_dir: str, splits_d
     else:
         log.warning("%s (%s)", reason, manifest["uri"])
     return outcome
+
+
+def _register_new_version(registry: ModelRegistry, model_name: str, model_dir: str, splits_dir: str,
+                          evaluation_dir: str, run_id: str, parameters: dict, actor: str, blessing: dict) -> dict:
+    with tempfile.TemporaryDirectory(prefix="searchtune-register-") as staging:
+        lineage = _stage_version(staging, model_dir, splits_dir, evaluation_dir, run_id, parameters)
+        manifest = registry.register_version(model_name, staging, {
+            "run_id": run_id,
+            "created_by": actor,
+            "auc": blessing["candidate"]["auc"],
+            "blessed": True,
+            "blessing_reason": blessing.get("reason", ""),
+            "data_fingerprint": lineage["data"]["fingerprint"],
+            "code": lineage["code"],
+        })
+    return manifest
 
 
 def _v(version: int | None) -> str:
