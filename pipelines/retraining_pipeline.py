@@ -90,6 +90,10 @@ def build_pipeline(settings: ClusterSettings | None = None):
             cpu_tasks=[ingest_task, tokenize_task, evaluate_task, register_task],
             finetune_task=finetune_task,
         )
+        # Evaluate and register read and write the registry, which is outside KFP's cache
+        # key: a cached evaluation would judge against a champion that may have changed.
+        evaluate_task.set_caching_options(False)
+        register_task.set_caching_options(False)
 
     return retraining_pipeline
 

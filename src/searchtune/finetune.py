@@ -138,6 +138,19 @@ def auc_or_nan(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else math.nan
 
 
+def training_step(model, batch: dict, labels: torch.Tensor, optimizer, scheduler, device: torch.device) -> float:
+    """One optimizer step on one batch (BCE on the logits); returns the batch loss."""
+    with autocast(device):
+        logits = model(batch)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), labels)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
 def trainable_state(model) -> dict:
     return {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
 
@@ -205,7 +218,6 @@ def finetune(tokenized_dir: str, output_dir: str, config: TrainConfig = TrainCon
     from transformers import get_linear_schedule_with_warmup
 
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
 
     checkpointer = Checkpointer(checkpoint_uri)
     history, best_auc, best_state, best_epoch, start_epoch, start_step, bad_epochs = [], -1.0, None, 0, 0, 0, 0
@@ -237,17 +249,9 @@ def finetune(tokenized_dir: str, output_dir: str, config: TrainConfig = TrainCon
             if step < skip:
                 continue
             batch = collate(train, rows, pad_id, device)
-            labels = torch.as_tensor(train.labels[rows], device=device)
-            with autocast(device):
-                logits = model(batch)
-            loss = loss_fn(logits.float(), labels)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            loss = training_step(model, batch, torch.as_tensor(train.labels[rows], device=device), optimizer, scheduler, device)
             seen += len(rows)
-            loss_sum += loss.item() * len(rows)
+            loss_sum += loss * len(rows)
             real_tokens += train.tokens(rows)
             padded_tokens += sum(int(t.numel()) for k, t in batch.items() if k.endswith("_ids") and "type" not in k)
             if (step + 1) % 50 == 0 or step + 1 == len(batches):

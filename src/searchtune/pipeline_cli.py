@@ -102,8 +102,13 @@ def run_local(arguments: dict, pipeline_root: str) -> dict:
     """
     from kfp import local
 
-    from searchtune.pipelines.retraining_pipeline import PIPELINE_NAME, retraining_pipeline
+    from searchtune.cluster import ClusterSettings
+    from searchtune.pipelines.retraining_pipeline import PIPELINE_NAME, build_pipeline
     from searchtune.registry import DEFAULT_MODEL_NAME
+
+    # kfp.local honours retry policies; locally a failure is the data or the code, not a
+    # preempted node, so retrying only delays the error.
+    retraining_pipeline = build_pipeline(ClusterSettings(retries=0, cpu_retries=0))
 
     arguments = dict(arguments)
     arguments.setdefault("registry_root", str(Path(DEFAULT_HOME, "registry").resolve()))
