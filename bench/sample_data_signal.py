@@ -52,7 +52,9 @@ def encode(texts: list[str], batch_size: int = 128) -> np.ndarray:
     out = []
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):
-            batch = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, max_length=64, return_tensors="pt")
+            batch = tokenizer(
+                texts[start : start + batch_size], padding=True, truncation=True, max_length=64, return_tensors="pt"
+            )
             hidden = model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).float()
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -112,14 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     tfidf_cos = np.asarray(q_vec.multiply(t_vec).sum(axis=1)).ravel()
 
     simple = np.column_stack(
-        [minilm, tfidf_cos, [overlap_features(q, t) for q, t in zip(frame["search_term"], frame["product_title"])]]
+        [minilm, tfidf_cos, [overlap_features(q, t) for q, t in zip(frame["search_term"], frame["product_title"], strict=True)]]
     )
     scaler = StandardScaler().fit(simple[train])
     simple_lr = LogisticRegression(max_iter=1000).fit(scaler.transform(simple[train]), y[train])
     simple_score = simple_lr.predict_proba(scaler.transform(simple[~train]))[:, 1]
 
     hashed = HashingVectorizer(n_features=2**18, token_pattern=r"\S+", lowercase=False, alternate_sign=False, norm="l2")
-    pairs = hashed.transform([word_pairs(q, t) for q, t in zip(frame["search_term"], frame["product_title"])])
+    pairs = hashed.transform([word_pairs(q, t) for q, t in zip(frame["search_term"], frame["product_title"], strict=True)])
     rich = sp.hstack([pairs, sp.csr_matrix(scaler.transform(simple))]).tocsr()
     rich_lr = LogisticRegression(max_iter=2000, C=4.0).fit(rich[train], y[train])
     rich_score = rich_lr.predict_proba(rich[~train])[:, 1]
@@ -129,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python bench/sample_data_signal.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "generator": {"n_queries": args.queries, "seed": args.seed},
         "rows": int(len(frame)),
-        "queries": {"train": int(frame.loc[train, "search_term"].nunique()), "test": int(frame.loc[~train, "search_term"].nunique())},
+        "queries": {
+            "train": int(frame.loc[train, "search_term"].nunique()),
+            "test": int(frame.loc[~train, "search_term"].nunique()),
+        },
         "pairs": {"train": int(train.sum()), "test": int((~train).sum())},
         "positive_rate": {"train": round(float(y[train].mean()), 4), "test": round(float(test_y.mean()), 4)},
         "label": f"relevance >= {THRESHOLD}",

@@ -8,13 +8,13 @@ by ``searchtune.cluster.configure_tasks`` from the settings given at compile tim
 """
 
 from kfp import dsl
-
-from searchtune.cluster import ClusterSettings, configure_tasks
 from searchtune.components.evaluate.component import evaluate
 from searchtune.components.finetune.component import finetune
 from searchtune.components.ingest.component import ingest
 from searchtune.components.register.component import register
 from searchtune.components.tokenize.component import tokenize
+
+from searchtune.cluster import ClusterSettings, configure_tasks
 
 PIPELINE_NAME = "searchtune-retraining"
 

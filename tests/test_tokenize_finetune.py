@@ -19,7 +19,7 @@ from searchtune import finetune, modeling, tokenize
 def test_tokenized_splits_are_unpadded_and_truncated(splits_dir, tokenized_dir):
     stats = json.loads(Path(tokenized_dir, "tokenize_stats.json").read_text())
     table = pq.read_table(Path(tokenized_dir, "train.parquet"))
-    assert table.column_names == ["label", "query_ids", "text_ids"]
+    assert table.column_names == ["label", "target", "query_ids", "text_ids"]
     lengths = [len(ids) for ids in table.column("text_ids").to_pylist()]
     assert max(lengths) <= 32 and min(lengths) < max(lengths)  # no pad-to-max
     assert stats["splits"]["train"]["rows"] == table.num_rows
@@ -46,7 +46,7 @@ def test_length_grouped_batches_cover_every_row_once_and_reduce_padding():
     assert padded < 0.8 * padded_random
     # Same seed, same order: what resuming from a checkpoint relies on.
     again = finetune.length_grouped_batches(lengths, 32, np.random.default_rng(1))
-    assert all((a == b).all() for a, b in zip(batches, again))
+    assert all((a == b).all() for a, b in zip(batches, again, strict=True))
 
 
 def test_trained_model_saves_adapter_and_reloads_with_same_scores(trained_model_dir, splits_dir):

@@ -5,8 +5,9 @@ the canonical columns below, ``rejects.parquet`` (rows that failed validation, w
 reason), and ``stats.json`` (fingerprint, sources, counts, per-split stats).
 
 Canonical columns: ``query`` (str), ``product_text`` (str, the mapped text columns
-joined), ``label`` (int8, 0/1), ``grade`` (float64, the label as read), ``query_group``
-(hex digest of the normalised query: the split key).
+joined), ``label`` (int8, 0/1), ``grade`` (float64, the label as read), ``target``
+(float32 in [0, 1]: the grade rescaled, a soft training target; equals ``label`` for
+binary labels), ``query_group`` (hex digest of the normalised query: the split key).
 """
 
 import dataclasses
@@ -26,7 +27,7 @@ from searchtune.errors import SearchtuneError
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
-CANONICAL_COLUMNS = ["query", "product_text", "label", "grade", "query_group"]
+CANONICAL_COLUMNS = ["query", "product_text", "label", "grade", "target", "query_group"]
 TEXT_SEPARATOR = " | "
 READERS = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
 
@@ -151,10 +152,13 @@ def validate(raw: pd.DataFrame, mapping: ColumnMapping) -> tuple[pd.DataFrame, p
     if mapping.positive_threshold is None:
         reject(~grade.isin([0.0, 1.0]), lambda m: "label " + grade[m].map(str) + " is not 0 or 1 (binary labels)")
         label = grade
+        target = grade
     else:
         out_of_range = (grade < mapping.label_min) | (grade > mapping.label_max)
         reject(out_of_range, lambda m: "label " + grade[m].map(str) + f" outside [{mapping.label_min:g}, {mapping.label_max:g}]")
         label = (grade >= mapping.positive_threshold).astype("float64")
+        span = mapping.label_max - mapping.label_min
+        target = ((grade - mapping.label_min) / span) if span > 0 else label
 
     bad = reason != ""
     rejects = raw[bad].astype(str).assign(reason=reason[bad])
@@ -164,6 +168,7 @@ def validate(raw: pd.DataFrame, mapping: ColumnMapping) -> tuple[pd.DataFrame, p
             "product_text": product_text[~bad].astype(str),
             "label": label[~bad].astype("int8"),
             "grade": grade[~bad],
+            "target": target[~bad].clip(0, 1).astype("float32"),
         }
     )
     clean["query_group"] = clean["query"].map(query_group)

@@ -163,7 +163,7 @@ def build_catalog(kinds: list[ProductType], rng: np.random.Generator) -> list[Pr
         for index in picked:
             brand, *values = combos[index]
             uid = 100001 + len(products)
-            products.append(Product(uid, kind, brand, dict(zip(names, values))))
+            products.append(Product(uid, kind, brand, dict(zip(names, values, strict=True))))
     return products
 
 
@@ -407,6 +407,23 @@ def default_sample_path() -> str:
     return str(path)
 
 
+WRITERS = {
+    ".csv": lambda frame, path: frame.to_csv(path, index=False),
+    ".parquet": lambda frame, path: frame.to_parquet(path, index=False),
+    ".jsonl": lambda frame, path: frame.to_json(path, orient="records", lines=True),
+}
+
+
+def _check_target(path: str) -> tuple[str, str]:
+    extension = os.path.splitext(path)[1].lower()
+    if extension not in WRITERS:
+        raise SearchtuneError(f"cannot tell the format of {path!r}: use .csv, .parquet or .jsonl")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise SearchtuneError(f"output directory does not exist: {directory}")
+    return extension, directory
+
+
 def write_frame(frame: pd.DataFrame, path: str) -> None:
     """Write a judgement frame as CSV, Parquet or JSON Lines, chosen by file extension.
 
@@ -417,21 +434,14 @@ def write_frame(frame: pd.DataFrame, path: str) -> None:
         frame: the judgements.
         path: target file ending in ``.csv``, ``.parquet`` or ``.jsonl``.
     """
-    writers = {
-        ".csv": lambda f, p: f.to_csv(p, index=False),
-        ".parquet": lambda f, p: f.to_parquet(p, index=False),
-        ".jsonl": lambda f, p: f.to_json(p, orient="records", lines=True),
-    }
-    extension = os.path.splitext(path)[1].lower()
-    if extension not in writers:
-        raise SearchtuneError(f"cannot tell the format of {path!r}: use .csv, .parquet or .jsonl")
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise SearchtuneError(f"output directory does not exist: {directory}")
+    extension, directory = _check_target(path)
     handle, partial = tempfile.mkstemp(dir=directory, prefix=".sample-", suffix=extension)
     os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
-        writers[extension](frame, partial)
+        WRITERS[extension](frame, partial)
+        os.chmod(partial, 0o666 & ~umask)  # mkstemp makes it private; the result is an ordinary file
         os.replace(partial, path)
     finally:
         if os.path.exists(partial):
@@ -458,6 +468,7 @@ def add_parser(subparsers) -> None:
 
 
 def _run_sample_data(args: argparse.Namespace) -> int:
+    _check_target(args.output)  # before the work, not after it
     frame = generate_judgements(n_queries=args.queries, seed=args.seed)
     write_frame(frame, args.output)
     return 0

@@ -30,7 +30,7 @@ def _encode(tokenizer, texts: list[str], max_length: int, pairs: list[str] | Non
         batch = texts[start : start + BATCH_ROWS]
         second = pairs[start : start + BATCH_ROWS] if pairs is not None else None
         encoded = tokenizer(batch, second, truncation=False, return_token_type_ids=True)
-        for seq, types in zip(encoded["input_ids"], encoded["token_type_ids"]):
+        for seq, types in zip(encoded["input_ids"], encoded["token_type_ids"], strict=True):
             full_lengths.append(len(seq))
             if len(seq) > max_length:
                 # Keep [CLS] ... and the final [SEP]; for pairs the product text is cut, not the query.
@@ -91,6 +91,7 @@ def tokenize(splits_dir: str, output_dir: str, base_model: str, architecture: st
         frame = ingest.read_split(splits_dir, split)
         columns, lengths = encode_pairs(tokenizer, architecture, frame["query"].tolist(), frame["product_text"].tolist(), max_length)
         table = pa.table({"label": pa.array(frame["label"].to_numpy(), pa.int8()),
+                          "target": pa.array(frame["target"].to_numpy(), pa.float32()),
                           **{name: pa.array(ids, pa.list_(ID_TYPES[name])) for name, ids in columns.items()}})
         pq.write_table(table, out / f"{split}.parquet")
         split_stats = {field: length_stats(values, max_length) for field, values in lengths.items()}

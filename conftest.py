@@ -1,3 +1,5 @@
+"""Shared pytest fixtures for tests/ and the per-component tests in components/."""
+
 # --- storage/registry fixtures ---
 # A real gcp-storage-emulator server (see tests/gcs_emulator.py) shared by the session,
 # a fresh bucket per test, and a registry root that is either a local folder or a gs://
@@ -13,7 +15,7 @@ def gcs_emulator():
     import importlib.util
 
     # pytest runs with --import-mode=importlib, so tests/ is not on sys.path: load by file.
-    spec = importlib.util.spec_from_file_location("gcs_emulator", _os.path.join(_os.path.dirname(__file__), "gcs_emulator.py"))
+    spec = importlib.util.spec_from_file_location("gcs_emulator", _os.path.join(_os.path.dirname(__file__), "tests", "gcs_emulator.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     emulator = module.Emulator().start()
