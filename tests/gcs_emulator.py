@@ -14,8 +14,10 @@ What the emulator does and does not do (checked against gcp-storage-emulator's s
   at the start and again when the upload completes). The server handles one request at a
   time, so check-and-write is atomic, as on GCS. Nothing else about the emulator is
   changed, and none of searchtune's code is replaced.
-* It has no IAM, so it never answers 403: permission errors cannot be tested against it
-  (a missing bucket and a missing object, which it does answer with 404, are tested).
+* It has no IAM, so it never answers 403. To test how searchtune reports a permission
+  error, every request for a bucket named ``denied-*`` is answered as GCS answers a caller
+  without access: HTTP 403 with GCS's error body. Missing buckets and objects are the
+  emulator's own 404s.
 
 Run directly (``python tests/gcs_emulator.py --port N``) it serves until killed.
 """
@@ -127,8 +129,24 @@ def _install_preconditions() -> None:
     objects.download = guarded[objects.download]  # objects.get calls it for alt=media
     for _regex, handlers in server.HANDLERS:
         for method, handler in list(handlers.items()):
-            if handler in guarded:
-                handlers[method] = guarded[handler]
+            handlers[method] = without_access_to_denied_buckets(guarded.get(handler, handler))
+
+
+def without_access_to_denied_buckets(handler):
+    """Answer requests for ``denied-*`` buckets like GCS answers a caller without IAM access."""
+    from http import HTTPStatus
+
+    def deny_or_handle(request, response, storage, *args, **kwargs):
+        bucket = (request.params or {}).get("bucket_name") or ""
+        if bucket.startswith("denied-"):
+            message = (f"anonymous-caller does not have storage.objects.get access to the Google Cloud Storage "
+                       f"bucket. Permission 'storage.objects.get' denied on resource (or it may not exist).")
+            response.status = HTTPStatus.FORBIDDEN
+            return response.json({"error": {"code": 403, "message": message,
+                                            "errors": [{"message": message, "domain": "global", "reason": "forbidden"}]}})
+        return handler(request, response, storage, *args, **kwargs)
+
+    return deny_or_handle
 
 
 def _serve(port: int) -> None:

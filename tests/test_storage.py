@@ -1,6 +1,8 @@
 """searchtune.storage against real local files and a real GCS emulator server."""
 
 import os
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 
@@ -103,8 +105,25 @@ def test_copy_tree_and_local_copy_both_directions(gcs_bucket, tmp_path):
         assert local == str(src)
 
 
+def test_permission_denied_is_a_one_line_error_naming_the_object(gcs_emulator, tmp_path):
+    # The test server answers `denied-*` buckets with GCS's 403 (see tests/gcs_emulator.py).
+    for action in (lambda: storage.read_bytes("gs://denied-logs/2026/11/day.parquet"),
+                   lambda: storage.write_bytes("gs://denied-logs/2026/11/day.parquet", b"x"),
+                   lambda: storage.expand("gs://denied-logs/2026/11/*.parquet")):
+        with pytest.raises(SearchtuneError) as error:
+            action()
+        message = str(error.value)
+        assert "denied-logs" in message and "permission denied (403)" in message and "\n" not in message
+    result = subprocess.run([sys.executable, "-m", "searchtune.cli", "run", "--data", "gs://denied-logs/2026/11/day.parquet",
+                             "--registry", str(tmp_path / "registry"), "--output-dir", str(tmp_path / "runs")],
+                            capture_output=True, text=True, timeout=300, env={**os.environ})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("searchtune: error: step ingest failed: gs://denied-logs/2026/11/day.parquet: permission denied (403)"), last
+    assert not (tmp_path / "registry").exists()
+
+
 def test_missing_bucket_and_object_are_one_line_errors(gcs_bucket, tmp_path):
-    # The emulator has no IAM and never answers 403, so "permission denied" is untested here.
     with pytest.raises(SearchtuneError) as error:
         storage.read_bytes("gs://no-such-bucket-st/x/y.json")
     assert str(error.value) == "gs://no-such-bucket-st/x/y.json: bucket 'no-such-bucket-st' does not exist"

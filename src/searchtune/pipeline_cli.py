@@ -11,6 +11,7 @@ import logging
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 from searchtune.errors import SearchtuneError
@@ -127,6 +128,9 @@ def run_local(arguments: dict, pipeline_root: str) -> dict:
         arguments["registry_root"] = str(Path(arguments["registry_root"]).resolve())
     if arguments.get("data") and not arguments["data"].startswith("gs://"):
         arguments["data"] = str(Path(arguments["data"]).resolve())
+    # kfp.local warns that resource requests and images mean nothing locally: true, and noise here.
+    warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
+    warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
     pipeline_root = str(Path(pipeline_root).resolve())
     Path(pipeline_root).mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True)
