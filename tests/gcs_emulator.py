@@ -139,8 +139,8 @@ def without_access_to_denied_buckets(handler):
     def deny_or_handle(request, response, storage, *args, **kwargs):
         bucket = (request.params or {}).get("bucket_name") or ""
         if bucket.startswith("denied-"):
-            message = (f"anonymous-caller does not have storage.objects.get access to the Google Cloud Storage "
-                       f"bucket. Permission 'storage.objects.get' denied on resource (or it may not exist).")
+            message = ("anonymous-caller does not have storage.objects.get access to the Google Cloud Storage "
+                       "bucket. Permission 'storage.objects.get' denied on resource (or it may not exist).")
             response.status = HTTPStatus.FORBIDDEN
             return response.json({"error": {"code": 403, "message": message,
                                             "errors": [{"message": message, "domain": "global", "reason": "forbidden"}]}})

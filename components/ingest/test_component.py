@@ -5,7 +5,6 @@ import os
 
 import pytest
 from kfp import local
-
 from searchtune.components.ingest.component import ingest
 
 
