@@ -118,3 +118,22 @@ def test_bad_input_fails_with_a_clear_message_and_leaves_the_registry_unchanged(
         assert pytest.importorskip("re").search(message, last_line), last_line
         assert "Traceback" not in result.stderr
         assert tree_digest(registry_root) == before, f"registry changed after {path.name}"
+
+
+def test_default_pipeline_with_data_and_registry_on_gcs(gcs_bucket, sample_file, tmp_path):
+    """The same DAG with gs:// data and registry (a real gcp-storage-emulator server)."""
+    from searchtune import storage
+
+    data_uri = f"{gcs_bucket}/search-logs/2026-11-22/judgements.parquet"
+    storage.upload(sample_file, data_uri)
+    registry_root = f"{gcs_bucket}/registry"
+    result = pipeline_cli.run_local({"data": f"{gcs_bucket}/search-logs/*/*.parquet", "registry_root": registry_root,
+                                     "min_auc": 0.5, **SMALL_TRAINING}, str(tmp_path / "runs"))
+    registry = ModelRegistry(registry_root)
+    production = registry.production("searchtune-relevance")
+    assert production["version"] == 1
+    pulled = tmp_path / "pulled"
+    registry.fetch("searchtune-relevance", "production", str(pulled))
+    lineage = json.loads((pulled / "lineage.json").read_text())
+    assert lineage["data"]["sources"] == [data_uri]  # the exact gs:// object the version was trained on
+    assert "version 1, now production" in pipeline_cli.describe_run(result)
