@@ -65,6 +65,8 @@ def test_blessed_run_registers_then_next_run_meets_the_champion_then_a_failed_ga
     evaluation = json.loads((Path(second["run_dir"]) / "evaluate" / "evaluation" / "evaluation.json").read_text())
     assert evaluation["champion"]["version"] == 1
     assert evaluation["drift"]["reference"] == "production v1's training data"
+    assert evaluation["drift"]["current"] == "this run's train split"
+    assert evaluation["drift"]["drifted_columns"] == []  # the same data again: nothing moved
     assert evaluation["blessing"]["champion"]["version"] == 1 and evaluation["blessing"]["blessed"]
     assert registry.production("searchtune-relevance")["version"] == 2
 
