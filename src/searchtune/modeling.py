@@ -4,11 +4,11 @@ Both score a (query, product text) pair with one logit; ``sigmoid(logit)`` is th
 probability that the product answers the query.
 
 Why the bi-encoder is the default: on the Home Depot judgements (label relevance >= 2.5),
-a LoRA cross-encoder on the bundled all-MiniLM-L6-v2 barely learns (its classifier head
-starts from nothing and the sentence-embedding checkpoint was never trained on pairs),
-while the bi-encoder starts from the embedding geometry the checkpoint was trained for:
-mean-pooled query and product embeddings, cosine x learned scale + bias. See README and
-``bench/results`` for the measured figures.
+8,000 pairs and one epoch of LoRA take the cross-encoder to test AUC 0.577 (its head starts
+from nothing and this sentence-embedding checkpoint never saw pairs) and the bi-encoder to
+0.717, against 0.683 for the untuned cosine (bench/results/architecture_home_depot.json).
+The bi-encoder starts from the geometry the checkpoint was trained for: mean-pooled query
+and product embeddings, cosine x learned scale + bias.
 """
 
 import hashlib
