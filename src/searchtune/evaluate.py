@@ -121,8 +121,7 @@ def evaluate(
     results = {"test_rows": len(test), "candidate": ranking_metrics(test, candidate_scores)}
     log.info("candidate: %s", results["candidate"])
 
-    base = modeling.resolve_base_model("" if config["base_model"].get("bundled") else config["base_model"]["name_or_path"])
-    results["untuned_base"] = ranking_metrics(test, score_untuned_base(base, max_length, test, validation))
+    results["untuned_base"] = ranking_metrics(test, score_untuned_base(modeling.base_model_of(config), max_length, test, validation))
     log.info("untuned base (cosine): %s", results["untuned_base"])
 
     champion, champion_error, reference, reference_name = None, None, None, "this run's train split"

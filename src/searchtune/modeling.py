@@ -178,6 +178,13 @@ def read_model_config(model_dir: str) -> dict:
     return json.loads(path.read_text())
 
 
+def base_model_of(config: dict) -> str:
+    """The base model a saved model was trained from, as a loadable name or path."""
+    reference = config["base_model"]
+    # The bundled model's path differs between machines (laptop, image): find it again.
+    return resolve_base_model("" if reference.get("bundled") else reference["name_or_path"])
+
+
 def load_trained_model(model_dir: str) -> tuple[nn.Module, object, dict]:
     """Load a model written by :func:`save_model`: the base, its adapter and head."""
     from peft import PeftModel
@@ -185,9 +192,7 @@ def load_trained_model(model_dir: str) -> tuple[nn.Module, object, dict]:
     from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
     config = read_model_config(model_dir)
-    # The bundled model's path differs between machines (laptop, image): find it again.
-    reference = config["base_model"]
-    base = resolve_base_model("" if reference.get("bundled") else reference["name_or_path"])
+    base = base_model_of(config)
     adapter_dir = Path(model_dir) / "adapter"
     if config["architecture"] == "bi-encoder":
         backbone = AutoModel.from_pretrained(base)
