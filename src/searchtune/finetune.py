@@ -250,6 +250,7 @@ def finetune(tokenized_dir: str, output_dir: str, config: TrainConfig | None = N
             "epoch": epoch, "step_in_epoch": step_in_epoch, "bad_epochs": bad_epochs,
         })
 
+    targets = train.targets if config.graded_targets else train.labels
     started = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
         if bad_epochs >= config.patience:
@@ -263,7 +264,6 @@ def finetune(tokenized_dir: str, output_dir: str, config: TrainConfig | None = N
             if step < skip:
                 continue
             batch = collate(train, rows, pad_id, device)
-            targets = train.targets if config.graded_targets else train.labels
             loss = training_step(model, batch, torch.as_tensor(targets[rows], device=device), optimizer, scheduler, device,
                                  config.precision)
             seen += len(rows)
