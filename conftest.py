@@ -49,7 +49,7 @@ def registry_root(request, tmp_path) -> str:
 # Small real data for the steps: the project's own generator, ingested once per session.
 @_pytest.fixture(scope="session")
 def sample_frame():
-    from searchtune import sample_data
+    from searchtune.data import sample_data
 
     return sample_data.generate_judgements(n_queries=160, seed=11)
 
@@ -63,7 +63,7 @@ def sample_file(sample_frame, tmp_path_factory) -> str:
 
 @_pytest.fixture(scope="session")
 def splits_dir(sample_file, tmp_path_factory) -> str:
-    from searchtune import ingest
+    from searchtune.steps import ingest
 
     out = tmp_path_factory.mktemp("splits")
     ingest.ingest(sample_file, str(out), ingest.ColumnMapping(text=("product_title", "brand")))
@@ -72,7 +72,7 @@ def splits_dir(sample_file, tmp_path_factory) -> str:
 
 @_pytest.fixture(scope="session")
 def tokenized_dir(splits_dir, tmp_path_factory) -> str:
-    from searchtune import tokenize
+    from searchtune.steps import tokenize
 
     out = tmp_path_factory.mktemp("tokenized")
     tokenize.tokenize(splits_dir, str(out), base_model="", architecture="bi-encoder", max_length=32)
@@ -82,7 +82,7 @@ def tokenized_dir(splits_dir, tmp_path_factory) -> str:
 @_pytest.fixture(scope="session")
 def trained_model_dir(tokenized_dir, tmp_path_factory) -> str:
     """A real (tiny) LoRA bi-encoder: 1 epoch on 256 rows."""
-    from searchtune import finetune
+    from searchtune.steps import finetune
 
     out = tmp_path_factory.mktemp("model")
     finetune.finetune(tokenized_dir, str(out), finetune.TrainConfig(epochs=1, max_train_rows=256, batch_size=32))

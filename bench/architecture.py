@@ -15,7 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from searchtune import evaluate, finetune, ingest, logs, modeling, tokenize
+from searchtune import logs
+from searchtune.ml import metrics, modeling, scoring
+from searchtune.steps import finetune, ingest, tokenize
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "home_depot_search_relevance" / "train.parquet"
@@ -38,8 +40,8 @@ def main() -> int:
         trained = finetune.finetune(str(work / f"tok-{architecture}"), str(work / f"model-{architecture}"),
                                     finetune.TrainConfig(architecture=architecture, epochs=1, max_train_rows=args.rows))
         model, tokenizer, _ = modeling.load_trained_model(str(work / f"model-{architecture}"))
-        scores = evaluate.score_frame(model, tokenizer, architecture, 64, test)
-        results[architecture] = {"test": evaluate.ranking_metrics(test, scores), "validation_auc": trained["best_validation_auc"],
+        scores = scoring.score_frame(model, tokenizer, architecture, 64, test)
+        results[architecture] = {"test": metrics.ranking_metrics(test, scores), "validation_auc": trained["best_validation_auc"],
                                  "seconds": round(time.time() - started, 1)}
         print(architecture, results[architecture]["test"]["roc_auc"], flush=True)
     out = ROOT / "bench" / "results" / "architecture_home_depot.json"

@@ -20,7 +20,9 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from searchtune import evaluate, finetune, ingest, logs, modeling  # noqa: E402
+from searchtune import logs
+from searchtune.ml import batching, modeling  # noqa: E402
+from searchtune.steps import evaluate, finetune, ingest
 
 
 def parse(value: str, kind):
@@ -42,7 +44,7 @@ def main() -> int:
     started = time.time()
     trained = finetune.finetune(tokenized, f"/tmp/model_{name}", config)
     model, tokenizer, model_config = modeling.load_trained_model(f"/tmp/model_{name}")
-    model.to(finetune.pick_device())
+    model.to(batching.pick_device())
     test = ingest.read_split(splits, "test")
     metrics = evaluate.ranking_metrics(test, evaluate.score_frame(model, tokenizer, model_config["architecture"], 64, test))
     print(json.dumps({"name": name, "config": params, "test": metrics, "epochs": trained["epochs"],

@@ -45,7 +45,7 @@ def main() -> int:
     if not DATA.exists():
         print(f"{DATA} is missing: this benchmark needs the shared Home Depot data", file=sys.stderr)
         return 2
-    from searchtune import ingest
+    from searchtune.steps import ingest
 
     command = README_COMMAND + sys.argv[1:]
     started = time.time()

@@ -31,7 +31,7 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
-from searchtune.sample_data import SHIPPED_QUERIES, SHIPPED_SEED, generate_judgements  # noqa: E402
+from searchtune.data.sample_data import SHIPPED_QUERIES, SHIPPED_SEED, generate_judgements  # noqa: E402
 
 THRESHOLD = 2.5
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "sample_data_signal.json")

@@ -29,7 +29,12 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from searchtune import finetune, ingest, modeling, sample_data, tokenize  # noqa: E402
+from searchtune.data import sample_data
+from searchtune.ml import batching, modeling, tokens
+from searchtune.steps import (
+    finetune,
+    ingest,  # noqa: E402
+)
 
 HOME_DEPOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "home_depot_search_relevance" / "train.parquet"
 BATCH = 32
@@ -55,18 +60,18 @@ def optimizer_for(model, lr: float, steps: int):
 
 def searchtune_round(queries, texts, labels, steps: int, base: str, tokenizer, seed: int) -> dict:
     started = time.perf_counter()
-    columns, _ = tokenize.encode_pairs(tokenizer, "bi-encoder", queries, texts, max_length=64)
+    columns, _ = tokens.encode_pairs(tokenizer, "bi-encoder", queries, texts, max_length=64)
     tokenize_seconds = time.perf_counter() - started
-    split = finetune.TokenizedSplit(columns, labels)
+    split = batching.TokenizedSplit(columns, labels)
     model = modeling.build_model("bi-encoder", base, lora_r=16, lora_alpha=32, lora_dropout=0.1)
     model.train()
     optimizer, scheduler = optimizer_for(model, 5e-4, steps)
-    batches = finetune.length_grouped_batches(split.lengths, BATCH, np.random.default_rng(seed))[:steps]
+    batches = batching.length_grouped_batches(split.lengths, BATCH, np.random.default_rng(seed))[:steps]
     real = processed = 0
     device = torch.device("cpu")
     started = time.perf_counter()
     for rows in batches:
-        batch = finetune.collate(split, rows, tokenizer.pad_token_id, device)
+        batch = batching.collate(split, rows, tokenizer.pad_token_id, device)
         finetune.training_step(model, batch, torch.as_tensor(split.labels[rows]), optimizer, scheduler, device)
         real += int(batch["query_mask"].sum() + batch["text_mask"].sum())
         processed += int(batch["query_mask"].numel() + batch["text_mask"].numel())

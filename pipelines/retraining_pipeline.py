@@ -14,7 +14,7 @@ from searchtune.components.ingest.component import ingest
 from searchtune.components.register.component import register
 from searchtune.components.tokenize.component import tokenize
 
-from searchtune.cluster import ClusterSettings, configure_tasks
+from searchtune.orchestration.cluster import ClusterSettings, configure_tasks
 
 PIPELINE_NAME = "searchtune-retraining"
 

@@ -2,7 +2,7 @@
 
 import math
 
-from searchtune.blessing import decide
+from searchtune.steps.blessing import decide
 
 
 def test_no_champion_only_the_floor_applies():

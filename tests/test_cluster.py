@@ -10,9 +10,9 @@ import yaml
 from google.protobuf import json_format
 from kfp import compiler, components, dsl, local
 
-from searchtune import cluster, images
-from searchtune.cluster import ClusterSettings, Toleration
 from searchtune.errors import SearchtuneError
+from searchtune.orchestration import cluster, images
+from searchtune.orchestration.cluster import ClusterSettings, Toleration
 
 
 @dsl.component(base_image=images.CPU_IMAGE, install_kfp_package=False)

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from searchtune import evaluate, ingest
+from searchtune.ml import metrics, scoring
+from searchtune.steps import ingest
 
 HOME_DEPOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "home_depot_search_relevance" / "train.parquet"
 
@@ -44,9 +45,9 @@ def test_untuned_model_baseline_on_real_test_rows(home_depot_splits):
     """The untuned bi-encoder cosine: the floor a fine-tuned model must clear (about 0.68)."""
     _, out = home_depot_splits
     test, validation = ingest.read_split(out, "test"), ingest.read_split(out, "validation")
-    from searchtune import modeling
+    from searchtune.ml import modeling
 
-    scores = evaluate.score_untuned_base(modeling.resolve_base_model(""), 64, test, validation.sample(2000, random_state=0))
-    metrics = evaluate.ranking_metrics(test, scores)
-    assert 0.65 < metrics["roc_auc"] < 0.72, metrics
-    assert np.isfinite(metrics["log_loss"]) and metrics["ndcg_queries"] > 900
+    scores = scoring.score_untuned_base(modeling.resolve_base_model(""), 64, test, validation.sample(2000, random_state=0))
+    result = metrics.ranking_metrics(test, scores)
+    assert 0.65 < result["roc_auc"] < 0.72, result
+    assert np.isfinite(result["log_loss"]) and result["ndcg_queries"] > 900

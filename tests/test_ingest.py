@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from searchtune import ingest
 from searchtune.errors import SearchtuneError
+from searchtune.steps import ingest
 
 MAPPING = ingest.ColumnMapping(query="q", text=("title", "brand"), label="rel", positive_threshold=2.5)
 

@@ -25,7 +25,7 @@ import yaml
 from kubernetes_validate.utils import schema_contents
 from referencing import Registry, Resource
 
-from searchtune import cli
+from searchtune.cli import main as cli
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "manifests"
@@ -237,7 +237,7 @@ def test_base_cronjob_runs_with_blank_namespace_and_placement():
     env.update(KFP_NAMESPACE="", NODE_SELECTOR="", TOLERATION="")
     (container,) = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
     args = cli.build_parser().parse_args([*container["command"][1:], *expand(container["args"], env)])
-    from searchtune import cluster
+    from searchtune.orchestration import cluster
 
     settings = cluster.settings_from_args(args)
     assert settings.node_selector == {} and settings.tolerations == ()
@@ -258,7 +258,7 @@ def test_inferenceservice_pulls_the_production_alias_with_the_real_cli():
     words = [re.sub(r"\$(\w+)", lambda m: env[m.group(1)], w) for w in words]
     assert words[3] == f"{env['REGISTRY_ROOT']}/{env['MODEL_NAME']}@production"
     args = cli.build_parser().parse_args(words[1:])
-    from searchtune.registry_cli import parse_ref
+    from searchtune.cli.models import parse_ref
 
     _, model, version = parse_ref(args.ref, args.registry)
     assert (model, version) == ("searchtune-relevance", "production")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from searchtune import pipeline_cli
+from searchtune.cli import run as pipeline_cli
 from searchtune.registry import ModelRegistry
 
 pytestmark = pytest.mark.slow
@@ -124,7 +124,7 @@ def test_bad_input_fails_with_a_clear_message_and_leaves_the_registry_unchanged(
 
 def test_default_pipeline_with_data_and_registry_on_gcs(gcs_bucket, sample_file, tmp_path):
     """The same DAG with gs:// data and registry (a real gcp-storage-emulator server)."""
-    from searchtune import storage
+    from searchtune.io import storage
 
     data_uri = f"{gcs_bucket}/search-logs/2026-11-22/judgements.parquet"
     storage.upload(sample_file, data_uri)

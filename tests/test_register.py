@@ -10,10 +10,11 @@ import time
 import pandas as pd
 import pytest
 
-from searchtune import blessing, storage
 from searchtune.errors import SearchtuneError
-from searchtune.register import register_model
+from searchtune.io import storage
 from searchtune.registry import ModelRegistry
+from searchtune.steps import blessing
+from searchtune.steps.register import register_model
 
 MODEL = "searchtune-relevance"
 SOURCES = ["gs://logs-bucket/judgements/2024-06-01.parquet", "/data/extra.csv"]
@@ -156,7 +157,7 @@ def test_production_moved_since_evaluation_is_regated(registry_root, inputs, tmp
 
 RACE_CHILD = """
 import json
-from searchtune.register import register_model
+from searchtune.steps.register import register_model
 outcome = register_model(*sys.argv[3:9], {"child": sys.argv[8]})
 print(json.dumps(outcome))
 """

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from searchtune import storage
 from searchtune.errors import SearchtuneError
+from searchtune.io import storage
 from searchtune.registry import AliasConflict, ModelRegistry
 
 MODEL = "relevance"

@@ -7,7 +7,9 @@ import urllib.request
 
 import pytest
 
-from searchtune import evaluate, ingest, serve
+from searchtune import serve
+from searchtune.ml import scoring
+from searchtune.steps import ingest
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ def test_predict_returns_the_models_probabilities(server, splits_dir):
     status, body = post(f"{base}/v1/models/relevance:predict",
                         {"instances": test[["query", "product_text"]].to_dict(orient="records")})
     assert status == 200 and len(body["predictions"]) == 20
-    logits = evaluate.score_frame(scorer.model, scorer.tokenizer, "bi-encoder", scorer.config["max_length"], test)
+    logits = scoring.score_frame(scorer.model, scorer.tokenizer, "bi-encoder", scorer.config["max_length"], test)
     expected = 1 / (1 + __import__("numpy").exp(-logits))
     assert body["predictions"] == pytest.approx(expected.tolist(), abs=1e-5)
 

@@ -8,8 +8,8 @@ import urllib.request
 
 import pytest
 
-from searchtune import storage
 from searchtune.errors import SearchtuneError
+from searchtune.io import storage
 
 
 @pytest.fixture(params=["local", "gcs"])

@@ -23,9 +23,9 @@ import pytest
 import yaml
 from kfp import compiler
 
-from searchtune import submit
-from searchtune.cluster import ClusterSettings
 from searchtune.errors import SearchtuneError
+from searchtune.orchestration import submit
+from searchtune.orchestration.cluster import ClusterSettings
 
 
 def _small_pipeline():

@@ -13,7 +13,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from searchtune import finetune, modeling, tokenize
+from searchtune.ml import batching, modeling, scoring, tokens
+from searchtune.steps import finetune
 
 
 def test_tokenized_splits_are_unpadded_and_truncated(splits_dir, tokenized_dir):
@@ -29,7 +30,7 @@ def test_tokenized_splits_are_unpadded_and_truncated(splits_dir, tokenized_dir):
 
 def test_cross_encoder_pairs_keep_the_query_and_the_final_sep():
     tokenizer = modeling.load_tokenizer(modeling.resolve_base_model(""))
-    columns, lengths = tokenize.encode_pairs(tokenizer, "cross-encoder", ["cordless drill"], ["word " * 100], max_length=16)
+    columns, lengths = tokens.encode_pairs(tokenizer, "cross-encoder", ["cordless drill"], ["word " * 100], max_length=16)
     ids = columns["pair_ids"][0]
     assert len(ids) == 16 and ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
     assert tokenizer.decode(ids[1 : ids.index(tokenizer.sep_token_id)]) == "cordless drill"
@@ -38,19 +39,19 @@ def test_cross_encoder_pairs_keep_the_query_and_the_final_sep():
 
 def test_length_grouped_batches_cover_every_row_once_and_reduce_padding():
     lengths = np.random.default_rng(0).integers(3, 60, size=1000)
-    batches = finetune.length_grouped_batches(lengths, 32, np.random.default_rng(1))
+    batches = batching.length_grouped_batches(lengths, 32, np.random.default_rng(1))
     assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
     padded = sum(len(b) * lengths[b].max() for b in batches)
     random_batches = np.array_split(np.random.default_rng(1).permutation(1000), len(batches))
     padded_random = sum(len(b) * lengths[b].max() for b in random_batches)
     assert padded < 0.8 * padded_random
     # Same seed, same order: what resuming from a checkpoint relies on.
-    again = finetune.length_grouped_batches(lengths, 32, np.random.default_rng(1))
+    again = batching.length_grouped_batches(lengths, 32, np.random.default_rng(1))
     assert all((a == b).all() for a, b in zip(batches, again, strict=True))
 
 
 def test_trained_model_saves_adapter_and_reloads_with_same_scores(trained_model_dir, splits_dir):
-    from searchtune import evaluate, ingest
+    from searchtune.steps import ingest
 
     files = {p.name for p in Path(trained_model_dir).iterdir()}
     assert {"adapter", "tokenizer", "searchtune_model.json", "head.safetensors", "training_metrics.json"} <= files
@@ -61,9 +62,9 @@ def test_trained_model_saves_adapter_and_reloads_with_same_scores(trained_model_
     assert config["epochs"][0]["validation_auc"] > 0.5
     test = ingest.read_split(splits_dir, "test")
     model, tokenizer, _ = modeling.load_trained_model(trained_model_dir)
-    first = evaluate.score_frame(model, tokenizer, "bi-encoder", 32, test)
+    first = scoring.score_frame(model, tokenizer, "bi-encoder", 32, test)
     model2, tokenizer2, _ = modeling.load_trained_model(trained_model_dir)
-    np.testing.assert_allclose(first, evaluate.score_frame(model2, tokenizer2, "bi-encoder", 32, test), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(first, scoring.score_frame(model2, tokenizer2, "bi-encoder", 32, test), rtol=1e-5, atol=1e-5)
 
 
 def test_architecture_mismatch_is_a_clear_error(tokenized_dir, tmp_path):
@@ -78,7 +79,8 @@ def test_preempted_training_resumes_from_its_checkpoint(tokenized_dir, tmp_path)
     """Kill training (SIGKILL) after its first checkpoint; the rerun resumes instead of starting over."""
     checkpoint = tmp_path / "ckpt"
     script = textwrap.dedent(f"""
-        from searchtune import finetune, logs
+        from searchtune import logs
+        from searchtune.steps import finetune
         logs.setup()
         config = finetune.TrainConfig(epochs=2, max_train_rows=192, batch_size=16, checkpoint_every_steps=4)
         finetune.finetune({tokenized_dir!r}, {str(tmp_path / "model")!r}, config, checkpoint_uri={str(checkpoint)!r})

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
-from searchtune.images import CPU_IMAGE
+from searchtune.orchestration.images import CPU_IMAGE
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
@@ -47,8 +47,8 @@ def evaluate(
     import os
     import shutil
 
-    from searchtune import evaluate as step
     from searchtune import logs
+    from searchtune.steps import evaluate as step
 
     with logs.component_step("evaluate"):
         verdict = step.evaluate(splits.path, model.path, evaluation.path, registry_root, model_name, min_auc, max_auc_drop, run_id)

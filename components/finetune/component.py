@@ -6,7 +6,7 @@ It runs in the GPU image; the pipeline requests the accelerator (see searchtune.
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-from searchtune.images import GPU_IMAGE
+from searchtune.orchestration.images import GPU_IMAGE
 
 
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
@@ -45,8 +45,9 @@ def finetune(
         model: adapter (safetensors), head, tokenizer and searchtune_model.json.
         metrics: validation AUC, epochs run, throughput.
     """
-    from searchtune import finetune as step
-    from searchtune import logs, storage
+    from searchtune import logs
+    from searchtune.io import storage
+    from searchtune.steps import finetune as step
 
     with logs.component_step("finetune"):
         if checkpoint_root:

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Metrics, Output
 
-from searchtune.images import CPU_IMAGE
+from searchtune.orchestration.images import CPU_IMAGE
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
@@ -39,8 +39,9 @@ def ingest(
     """
     import os
 
-    from searchtune import ingest as step
-    from searchtune import logs, sample_data
+    from searchtune import logs
+    from searchtune.data import sample_data
+    from searchtune.steps import ingest as step
 
     with logs.component_step("ingest"):
         mapping = step.ColumnMapping(

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
-from searchtune.images import CPU_IMAGE
+from searchtune.orchestration.images import CPU_IMAGE
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
@@ -38,7 +38,7 @@ def register(
 
     from searchtune import logs
     from searchtune.errors import SearchtuneError
-    from searchtune.register import register_model, write_outcome
+    from searchtune.steps.register import register_model, write_outcome
 
     with logs.component_step("register"):
         try:

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Output
 
-from searchtune.images import CPU_IMAGE
+from searchtune.orchestration.images import CPU_IMAGE
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
@@ -26,7 +26,7 @@ def tokenize(
         metrics: token counts, mean lengths and truncation rates.
     """
     from searchtune import logs
-    from searchtune import tokenize as step
+    from searchtune.steps import tokenize as step
 
     with logs.component_step("tokenize"):
         stats = step.tokenize(splits.path, tokenized.path, base_model, architecture, max_length)

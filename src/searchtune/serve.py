@@ -16,6 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pandas as pd
 
+from searchtune.ml import scoring
+
 log = logging.getLogger(__name__)
 
 MAX_INSTANCES = 1024
@@ -25,21 +27,20 @@ class RelevanceScorer:
     """A loaded model that turns (query, product_text) pairs into probabilities."""
 
     def __init__(self, model_dir: str):
-        from searchtune import modeling
+        from searchtune.ml import modeling
 
         self.model, self.tokenizer, self.config = modeling.load_trained_model(model_dir)
         # torch modules are not safe to call from several request threads at once.
         self.lock = threading.Lock()
 
     def predict(self, instances: list) -> list[float]:
-        from searchtune import evaluate
 
         frame = pd.DataFrame(
             {"query": [str(i["query"]) for i in instances], "product_text": [str(i["product_text"]) for i in instances],
              "label": np.zeros(len(instances), dtype=np.int8)}
         )
         with self.lock:
-            logits = evaluate.score_frame(self.model, self.tokenizer, self.config["architecture"], self.config["max_length"], frame)
+            logits = scoring.score_frame(self.model, self.tokenizer, self.config["architecture"], self.config["max_length"], frame)
         return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).round(6).tolist()
 
 

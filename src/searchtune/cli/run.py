@@ -114,7 +114,7 @@ def run_local(arguments: dict, pipeline_root: str) -> dict:
     """
     from kfp import local
 
-    from searchtune.cluster import ClusterSettings
+    from searchtune.orchestration.cluster import ClusterSettings
     from searchtune.pipelines.retraining_pipeline import PIPELINE_NAME, build_pipeline
     from searchtune.registry import DEFAULT_MODEL_NAME
 

@@ -40,8 +40,8 @@ import socket
 import tempfile
 import uuid
 
-from searchtune import storage
 from searchtune.errors import SearchtuneError
+from searchtune.io import storage
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from searchtune import storage
 from searchtune.errors import SearchtuneError
+from searchtune.io import storage
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
 
-from searchtune import images
 from searchtune.errors import SearchtuneError
+from searchtune.orchestration import images
 
 logger = logging.getLogger(__name__)
 

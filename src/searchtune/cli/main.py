@@ -12,7 +12,11 @@ from searchtune.errors import SearchtuneError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from searchtune import cluster, pipeline_cli, registry_cli, sample_data, serve, submit
+    from searchtune import serve
+    from searchtune.cli import models as registry_cli
+    from searchtune.cli import run as pipeline_cli
+    from searchtune.data import sample_data
+    from searchtune.orchestration import cluster, submit
 
     parser = argparse.ArgumentParser(
         prog="searchtune",

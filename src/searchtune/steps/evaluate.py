@@ -14,66 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import average_precision_score, confusion_matrix, log_loss, ndcg_score, roc_auc_score, roc_curve
+from sklearn.metrics import confusion_matrix
 
-from searchtune import blessing, drift, finetune, ingest, modeling, tokenize
 from searchtune.errors import SearchtuneError
+from searchtune.ml import modeling
+from searchtune.ml.metrics import ranking_metrics, roc_points
+from searchtune.ml.scoring import score_frame, score_untuned_base
+from searchtune.steps import blessing, drift, ingest
 
 log = logging.getLogger(__name__)
-
-ROC_POINTS = 200
-
-
-def ranking_metrics(frame: pd.DataFrame, scores: np.ndarray) -> dict:
-    """ROC AUC, PR AUC, log loss of sigmoid(score), and mean per-query nDCG@10 (graded gains)."""
-    labels = frame["label"].to_numpy()
-    probabilities = 1.0 / (1.0 + np.exp(-scores.astype(np.float64)))
-    ndcgs = []
-    for _, rows in frame.assign(_score=scores).groupby("query_group", sort=False):
-        if len(rows) > 1 and rows["grade"].nunique() > 1:
-            ndcgs.append(ndcg_score([rows["grade"].to_numpy()], [rows["_score"].to_numpy()], k=10))
-    return {
-        "roc_auc": round(float(roc_auc_score(labels, scores)), 5),
-        "pr_auc": round(float(average_precision_score(labels, scores)), 5),
-        "log_loss": round(float(log_loss(labels, np.clip(probabilities, 1e-7, 1 - 1e-7), labels=[0, 1])), 5),
-        "ndcg_at_10": round(float(np.mean(ndcgs)), 5) if ndcgs else None,
-        "ndcg_queries": len(ndcgs),
-        "rows": int(len(frame)),
-    }
-
-
-def roc_points(labels: np.ndarray, probabilities: np.ndarray) -> dict:
-    """At most ~ROC_POINTS points with finite thresholds (KFP rejects sklearn's leading inf)."""
-    fpr, tpr, thresholds = roc_curve(labels, probabilities)
-    thresholds = np.where(np.isfinite(thresholds), thresholds, 1.0)
-    if len(fpr) > ROC_POINTS:
-        keep = np.unique(np.linspace(0, len(fpr) - 1, ROC_POINTS).round().astype(int))
-        fpr, tpr, thresholds = fpr[keep], tpr[keep], thresholds[keep]
-    return {"fpr": fpr.round(6).tolist(), "tpr": tpr.round(6).tolist(), "thresholds": thresholds.round(6).tolist()}
-
-
-def score_frame(model, tokenizer, architecture: str, max_length: int, frame: pd.DataFrame) -> np.ndarray:
-    """Logits of a model for every (query, product_text) row of ``frame``."""
-    columns, _ = tokenize.encode_pairs(tokenizer, architecture, frame["query"].tolist(), frame["product_text"].tolist(), max_length)
-    split = finetune.TokenizedSplit(columns, frame["label"].to_numpy())
-    return finetune.predict_logits(model, split, tokenizer.pad_token_id or 0, finetune.pick_device())
-
-
-def score_untuned_base(base_model: str, max_length: int, test: pd.DataFrame, validation: pd.DataFrame) -> np.ndarray:
-    """The untuned base model as a bi-encoder: cosine of mean-pooled embeddings.
-
-    Cosine is not a probability, so a one-feature logistic fit on the validation split
-    (Platt scaling) maps it to a logit; AUC and nDCG do not depend on that map.
-    """
-    from transformers import AutoModel
-
-    model = modeling.BiEncoder(AutoModel.from_pretrained(base_model), scale=1.0, bias=0.0).to(finetune.pick_device())
-    tokenizer = modeling.load_tokenizer(base_model)
-    test_cos = score_frame(model, tokenizer, "bi-encoder", max_length, test)
-    val_cos = score_frame(model, tokenizer, "bi-encoder", max_length, validation)
-    platt = LogisticRegression().fit(val_cos.reshape(-1, 1), validation["label"].to_numpy())
-    return platt.decision_function(test_cos.reshape(-1, 1))
 
 
 def find_champion(registry_root: str, model_name: str) -> dict | None:

@@ -23,8 +23,8 @@ import urllib.request
 import warnings
 from collections.abc import Iterator
 
-from searchtune import cluster
 from searchtune.errors import SearchtuneError
+from searchtune.orchestration import cluster
 
 logger = logging.getLogger(__name__)
 
@@ -388,7 +388,7 @@ def compile_package(settings: cluster.ClusterSettings, path: str) -> str:
         settings: Images, GPU and placement of the tasks.
         path: Where the YAML goes.
     """
-    from searchtune.pipeline_cli import compile_pipeline
+    from searchtune.cli.run import compile_pipeline
 
     compile_pipeline(path, settings)
     logger.info("compiled the pipeline to %s (%d bytes)", path, os.path.getsize(path))

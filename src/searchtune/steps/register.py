@@ -22,10 +22,10 @@ import subprocess
 import tempfile
 
 import searchtune
-from searchtune import blessing as gate
-from searchtune import storage
 from searchtune.errors import SearchtuneError
+from searchtune.io import storage
 from searchtune.registry import PRODUCTION, AliasConflict, ModelRegistry
+from searchtune.steps import blessing as gate
 
 log = logging.getLogger(__name__)
 
