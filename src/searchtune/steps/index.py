@@ -1,0 +1,223 @@
+"""Index step: embed the product catalog with the blessed model and build its vector index.
+
+Runs after the gate and before registration, so the index is part of the registered
+version (``index/`` next to the model, checksummed by the registry like every other
+file) and a server started from a version has the vectors that belong to its model.
+
+The catalog is either
+
+* the distinct product texts of the ingest output (all splits: products are products
+  whichever query they were judged for), each with the id ``sha256(product_text)[:16]``
+  (hex): stable across runs and machines, and the same text always gets the same id; or
+* ``catalog``: CSV/TSV, Parquet or JSON Lines files (a file, folder or glob, local or
+  gs://) with an id column and the product text columns, joined exactly as the ingest
+  step joins them (so the text is what the model was trained on). Files are read one at
+  a time and in chunks; vectors go to a scratch file, not to memory, until the index is
+  built. Rows without an id or text are skipped, a repeated id keeps its first row; both
+  are counted in the record.
+
+Output folder: see ``ml/vector_index.py`` (``index.json``, ``index.faiss``, ``ids.parquet``).
+A cross-encoder has no product vectors: the folder then holds only an ``index.json`` of
+kind ``none`` that says so, and the server answers search requests with that reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from searchtune.errors import SearchtuneError
+from searchtune.io import storage
+from searchtune.ml import embedding, vector_index
+from searchtune.steps import ingest
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ID_COLUMN = "product_uid"
+CHUNK_ROWS = 8192
+TEXT_ID_SCHEME = "sha256(product_text)[:16]"
+
+
+def text_product_id(text: str) -> str:
+    """The id of a catalog product known only by its text (the default catalog)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _join_text(frame: pd.DataFrame, text_columns: tuple[str, ...]) -> pd.Series:
+    """The product text of each row, cleaned and joined as ``ingest.validate`` does (same text, same vector)."""
+    # ingest has no public helper for this yet; the lead may expose one and replace these lines.
+    parts = [ingest._clean_text(frame[column]) for column in text_columns]
+    text = parts[0]
+    for part in parts[1:]:
+        both = (text != "") & (part != "")
+        text = (text + np.where(both, ingest.TEXT_SEPARATOR, "") + part).str.strip()
+    return text
+
+
+def _chunks(path: str, columns: list[str]) -> Iterator[pd.DataFrame]:
+    """The listed columns of one catalog file, CHUNK_ROWS rows at a time."""
+    import pyarrow.parquet as pq
+
+    suffix = Path(path.split("?")[0]).suffix.lower()
+    kind = ingest.READERS.get(suffix)
+    if kind is None:
+        raise SearchtuneError(f"{path}: unsupported file type '{suffix}' (use .csv, .tsv, .parquet or .jsonl)")
+    with storage.local_copy(path) as local:
+        try:
+            if kind == "parquet":
+                found = pq.ParquetFile(local).schema_arrow.names
+                _check_columns(path, columns, found)
+                for batch in pq.ParquetFile(local).iter_batches(batch_size=CHUNK_ROWS, columns=columns):
+                    yield batch.to_pandas()
+                return
+            if kind == "csv":
+                reader = pd.read_csv(local, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False,
+                                     encoding="utf-8", encoding_errors="replace", chunksize=CHUNK_ROWS)
+            else:
+                reader = pd.read_json(local, lines=True, dtype=False, chunksize=CHUNK_ROWS)
+            with reader:
+                for chunk in reader:
+                    _check_columns(path, columns, list(chunk.columns))
+                    yield chunk[columns]
+        except (ValueError, UnicodeDecodeError, OSError, pd.errors.ParserError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise SearchtuneError(f"{path}: cannot be read as {kind}: {first_line}") from None
+
+
+def _check_columns(path: str, wanted: list[str], found: list[str]) -> None:
+    missing = [c for c in wanted if c not in found]
+    if missing:
+        raise SearchtuneError(f"{path}: missing column(s) {', '.join(repr(c) for c in missing)}; "
+                              f"columns found: {', '.join(repr(str(c)) for c in found)}")
+
+
+def catalog_products(splits_dir: str, catalog: str, id_column: str, text_columns: tuple[str, ...],
+                     counts: dict) -> Iterator[tuple[list[str], list[str]]]:
+    """``(ids, texts)`` chunks of distinct catalog products; ``counts`` collects rows read and skipped.
+
+    Args:
+        splits_dir: the ingest output (used when ``catalog`` is empty).
+        catalog: catalog files (file, folder or glob; local or gs://); '' = the ingest output.
+        id_column: the catalog's product id column.
+        text_columns: the catalog's product text columns, joined in this order.
+        counts: filled with ``rows_read``, ``skipped_empty`` and ``duplicates_dropped``.
+    """
+    counts.update(rows_read=0, skipped_empty=0, duplicates_dropped=0)
+    seen: set[str] = set()
+    if catalog:
+        sources = [(path, [id_column, *text_columns]) for path in storage.expand(catalog)]
+    else:
+        sources = [(os.path.join(splits_dir, f"{split}.parquet"), ["product_text"]) for split in ingest.SPLITS]
+    for path, columns in sources:
+        for chunk in _chunks(path, columns):
+            counts["rows_read"] += len(chunk)
+            if catalog:
+                texts = _join_text(chunk[list(text_columns)].reset_index(drop=True), text_columns)
+                ids = chunk[id_column].astype("string").fillna("").str.strip().reset_index(drop=True)
+            else:
+                texts = chunk["product_text"].astype(str).reset_index(drop=True)
+                ids = texts.map(text_product_id)
+            keep = (ids != "") & (texts != "")
+            counts["skipped_empty"] += int((~keep).sum())
+            chunk_ids, chunk_texts = [], []
+            for product_id, text in zip(ids[keep], texts[keep], strict=True):
+                if product_id in seen:
+                    counts["duplicates_dropped"] += 1
+                    continue
+                seen.add(product_id)
+                chunk_ids.append(product_id)
+                chunk_texts.append(text)
+            if chunk_ids:
+                yield chunk_ids, chunk_texts
+        log.info("catalog: read %s (%d products so far)", path, len(seen))
+
+
+def _probe_queries(splits_dir: str, encoder: embedding.TextEncoder, count: int = vector_index.RECALL_PROBES) -> np.ndarray | None:
+    """Embedded real queries of the training data, to measure an IVF index's recall with."""
+    path = os.path.join(splits_dir, "train.parquet") if splits_dir else ""
+    if not path or not os.path.exists(path):
+        return None
+    queries = pd.read_parquet(path, columns=["query"])["query"].drop_duplicates()
+    sample = queries.sample(n=min(count, len(queries)), random_state=0).tolist()
+    return encoder.embed(sample)
+
+
+def build_index(model_dir: str, splits_dir: str, output_dir: str, catalog: str = "",
+                id_column: str = DEFAULT_ID_COLUMN, text_columns: str = "product_title",
+                exact_max: int = vector_index.EXACT_MAX_VECTORS, threads: int = 0,
+                batch_size: int = embedding.DEFAULT_BATCH_SIZE) -> vector_index.IndexRecord:
+    """Run the index step.
+
+    Args:
+        model_dir: the blessed model (fine-tune output).
+        splits_dir: the ingest output: the default catalog, and real queries for the recall check.
+        output_dir: local folder for ``index.json``, ``index.faiss`` and ``ids.parquet``.
+        catalog: catalog files (CSV/TSV, Parquet, JSONL; file, folder or glob; local or gs://);
+            '' = the distinct products of ``splits_dir``.
+        id_column: the catalog's product id column (ignored without ``catalog``).
+        text_columns: comma-separated product text columns of the catalog, joined as the
+            ingest step joins them; use the run's ``text_columns`` (ignored without ``catalog``).
+        exact_max: the most products that get an exact index (IVF above).
+        threads: torch and FAISS threads (0 = one per core).
+        batch_size: texts per forward pass.
+
+    Returns:
+        The ``IndexRecord`` written to ``index.json``.
+
+    Raises:
+        SearchtuneError: unreadable catalog, a missing column, or no products.
+    """
+    columns = tuple(c.strip() for c in text_columns.split(",") if c.strip())
+    if catalog and not columns:
+        raise SearchtuneError("text_columns names no column of the catalog")
+    started = time.perf_counter()
+    encoder = embedding.TextEncoder(model_dir, threads=threads, batch_size=batch_size)
+    source = {"source": catalog or f"{splits_dir} (distinct product_text of every split)",
+              "id_column": id_column if catalog else None, "text_columns": list(columns) if catalog else ["product_text"],
+              "id_scheme": "catalog column" if catalog else TEXT_ID_SCHEME}
+    common = {"model_fingerprint": encoder.fingerprint, "architecture": encoder.architecture,
+              "max_length": encoder.max_length, "catalog": source}
+    if not encoder.has_vectors:
+        reason = "a cross-encoder has no product vectors: search is unavailable, rerank scores the pairs it is given"
+        log.warning("no index: %s", reason)
+        return vector_index.save(output_dir, None, [], vector_index.IndexRecord(kind="none", reason=reason, **common))
+    vector_index.set_threads(threads)
+    counts: dict = {}
+    ids: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="searchtune-index-") as scratch:
+        vectors_path = os.path.join(scratch, "vectors.f32")
+        embed_seconds = 0.0
+        with open(vectors_path, "wb") as vectors_file:
+            for chunk_ids, chunk_texts in catalog_products(splits_dir, catalog, id_column, columns, counts):
+                tick = time.perf_counter()
+                vectors_file.write(encoder.embed(chunk_texts).tobytes())
+                embed_seconds += time.perf_counter() - tick
+                ids.extend(chunk_ids)
+                log.info("embedded %d products (%.0f texts/s)", len(ids), len(ids) / max(embed_seconds, 1e-9))
+        if not ids:
+            raise SearchtuneError(f"the catalog {source['source']} has no products with an id and a text")
+        vectors = np.memmap(vectors_path, dtype=np.float32, mode="r", shape=(len(ids), encoder.dimension))
+        tick = time.perf_counter()
+        probes = _probe_queries(splits_dir, encoder) if len(ids) > exact_max else None
+        index, parameters = vector_index.build(vectors, exact_max=exact_max, probes=probes)
+        index_seconds = time.perf_counter() - tick
+        del vectors
+    record = vector_index.IndexRecord(
+        **parameters, **common, count=len(ids), dimension=encoder.dimension,
+        build_seconds=round(time.perf_counter() - started, 2),
+        embedding={"batch_size": batch_size, "threads": threads, "seconds": round(embed_seconds, 2),
+                   "texts_per_second": round(len(ids) / max(embed_seconds, 1e-9), 1),
+                   "index_seconds": round(index_seconds, 2)},
+    )
+    record.catalog.update(counts, products=len(ids))
+    record = vector_index.save(output_dir, index, ids, record)
+    log.info("index %s: %d products, %s, built in %.1f s", output_dir, len(ids), record.kind, record.build_seconds)
+    return record
