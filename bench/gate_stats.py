@@ -109,9 +109,9 @@ def exact_pooled_cost(data: dict, resamples: int, chunk: int = 4) -> dict:
     weights = np.random.default_rng(1).poisson(1.0, size=(chunk, layout.n_queries)).astype(np.float64)
     per_model = []
     for scores in data["scores"].values():
-        order = PooledOrder.of(scores)
+        order = PooledOrder.of(layout, scores)
         started = time.perf_counter()
-        weighted_pooled_auc_ap(layout, order, weights)
+        weighted_pooled_auc_ap(order, weights)
         per_model.append((time.perf_counter() - started) * resamples / chunk)
     return {"measured_resamples_per_model": chunk, "extrapolated_seconds_all_models": round(sum(per_model), 1)}
 

@@ -127,7 +127,7 @@ def _positions_in_query(sorted_codes: np.ndarray, rows: np.ndarray) -> np.ndarra
 def _group_starts(*keys: np.ndarray) -> np.ndarray:
     """Indices where any of the sorted ``keys`` changes: the first row of each tie group."""
     change = np.zeros(len(keys[0]), dtype=bool)
-    change[0] = True
+    change[:1] = True
     for key in keys:
         change[1:] |= key[1:] != key[:-1]
     return np.flatnonzero(change)
@@ -213,21 +213,40 @@ def expected_reciprocal_rank(before: np.ndarray, tied: np.ndarray, tied_positive
 
 @dataclass(frozen=True)
 class PooledOrder:
-    """One model's rows in ascending score order with tie groups, for pooled AUC / AP."""
+    """One model's rows in ascending score order, with what the weighted pooled forms need.
+
+    Attributes:
+        order: row indices by ascending score. starts: first sorted row of each tie group.
+        positive_queries / negative_queries: query codes of the relevant / other rows, in
+            ascending score order.
+        negatives_below / negatives_up_to: per relevant row (same order), how many other
+            rows score strictly below it / at most its score.
+        positives_below: per relevant row, how many relevant rows score strictly below it.
+    """
 
     order: np.ndarray
     starts: np.ndarray
+    positive_queries: np.ndarray
+    negative_queries: np.ndarray
+    negatives_below: np.ndarray
+    negatives_up_to: np.ndarray
+    positives_below: np.ndarray
 
     @classmethod
-    def of(cls, scores: np.ndarray) -> PooledOrder:
+    def of(cls, layout: QueryLayout, scores: np.ndarray) -> PooledOrder:
         order = np.argsort(scores, kind="stable")
-        return cls(order=order, starts=_group_starts(scores[order]))
+        ordered = scores[order]
+        relevant = layout.labels[order] > 0
+        positive_scores, negative_scores = ordered[relevant], ordered[~relevant]
+        return cls(order=order, starts=_group_starts(ordered),
+                   positive_queries=layout.codes[order][relevant], negative_queries=layout.codes[order][~relevant],
+                   negatives_below=np.searchsorted(negative_scores, positive_scores, side="left"),
+                   negatives_up_to=np.searchsorted(negative_scores, positive_scores, side="right"),
+                   positives_below=np.searchsorted(positive_scores, positive_scores, side="left"))
 
     def group_sums(self, values: np.ndarray) -> np.ndarray:
-        """Sum ``values`` (rows in this order along the last axis) per tie group."""
-        if len(self.starts) == values.shape[-1]:
-            return values
-        return np.add.reduceat(values, self.starts, axis=-1)
+        """Sum ``values`` (rows in this order) per tie group."""
+        return values if len(self.starts) == len(values) else np.add.reduceat(values, self.starts)
 
     def group_of_row(self) -> np.ndarray:
         """Per sorted row, its tie group's index."""
@@ -272,28 +291,31 @@ def pooled_auc_ap(layout: QueryLayout, pooled: PooledOrder) -> dict[str, tuple[f
     return {"roc_auc": (auc, auc_psi), "pr_auc": (ap, ap_psi)}
 
 
-def weighted_pooled_auc_ap(layout: QueryLayout, pooled: PooledOrder, query_weights: np.ndarray) -> dict[str, np.ndarray]:
+def weighted_pooled_auc_ap(pooled: PooledOrder, query_weights: np.ndarray) -> dict[str, np.ndarray]:
     """Exact pooled ROC AUC and average precision under each row of query weights.
 
     Args:
-        layout: the factorized test rows.
         pooled: the model's ascending score order.
-        query_weights: ``(resamples, n_queries)`` weights; each row of the test set gets
-            its query's weight. Memory is ``resamples * rows`` floats: pass chunks.
+        query_weights: ``(resamples, n_queries)`` weights; each test row gets its query's
+            weight. Memory is a few ``resamples * rows`` floats: pass chunks.
 
     Returns:
         ``{"roc_auc": (resamples,), "pr_auc": (resamples,)}``; NaN where a class has no weight.
     """
-    label = layout.labels[pooled.order]
-    row_weights = query_weights[:, layout.codes[pooled.order]]
-    gp = pooled.group_sums(row_weights * label)
-    gn = pooled.group_sums(row_weights * (1.0 - label))
-    total_pos, total_neg = gp.sum(axis=1), gn.sum(axis=1)
-    cum_neg = np.cumsum(gn, axis=1)
+    resamples = query_weights.shape[0]
+    positive = query_weights[:, pooled.positive_queries]
+    cum_negative = np.zeros((resamples, len(pooled.negative_queries) + 1))
+    np.cumsum(query_weights[:, pooled.negative_queries], axis=1, out=cum_negative[:, 1:])
+    cum_positive = np.zeros((resamples, positive.shape[1] + 1))
+    np.cumsum(positive, axis=1, out=cum_positive[:, 1:])
+    total_pos, total_neg = cum_positive[:, -1], cum_negative[:, -1]
+    below = cum_negative[:, pooled.negatives_below]
     with np.errstate(invalid="ignore", divide="ignore"):
-        auc = np.einsum("bg,bg->b", gp, cum_neg - 0.5 * gn) / (total_pos * total_neg)
-        tp = total_pos[:, None] - np.cumsum(gp, axis=1) + gp
-        depth = tp + total_neg[:, None] - cum_neg + gn
+        # Negatives strictly below plus half the tied ones.
+        auc = 0.5 * np.einsum("bp,bp->b", positive, below + cum_negative[:, pooled.negatives_up_to]) / (total_pos * total_neg)
+        # At a relevant row's score: relevant and other weight scoring at least as high.
+        tp = total_pos[:, None] - cum_positive[:, pooled.positives_below]
+        depth = tp + total_neg[:, None] - below
         precision = np.divide(tp, depth, out=np.zeros_like(tp), where=depth > 0)
-        ap = np.einsum("bg,bg->b", gp, precision) / total_pos
+        ap = np.einsum("bp,bp->b", positive, precision) / total_pos
     return {"roc_auc": auc, "pr_auc": ap}

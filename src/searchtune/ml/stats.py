@@ -205,7 +205,7 @@ def compute_statistics(
         for key, (num, den) in per_query_columns(layout, values, name in logit_models).items():
             ratio_columns.append((name, metric_names[key], num, den))
             points[name, metric_names[key]] = _ratio(num.sum(), den.sum())
-        pooled_orders[name] = PooledOrder.of(values)
+        pooled_orders[name] = PooledOrder.of(layout, values)
         for metric, (value, psi) in pooled_auc_ap(layout, pooled_orders[name]).items():
             points[name, metric] = value
             if pooled_method == "linearized":
@@ -265,7 +265,7 @@ def _bootstrap(layout, ratio_columns, influences, points, exact_orders, resample
             # sum(psi) is 0: value + (w - 1) @ psi.
             out[name, metric][begin:end] = points[name, metric] + sums[:, 2 * r + i] - psi.sum()
         for name, order in exact_orders.items():
-            exact = weighted_pooled_auc_ap(layout, order, weights)
+            exact = weighted_pooled_auc_ap(order, weights)
             out[name, "roc_auc"][begin:end], out[name, "pr_auc"][begin:end] = exact["roc_auc"], exact["pr_auc"]
     return out
 
@@ -275,7 +275,7 @@ def _metric_info(layout: QueryLayout, pooled_method: str) -> dict[str, MetricInf
     prevalence = float(layout.labels.mean())
     constant = np.full(len(layout.labels), np.log(prevalence / (1 - prevalence)) if 0 < prevalence < 1 else 0.0)
     floor = {key: _ratio(num.sum(), den.sum()) for key, (num, den) in per_query_columns(layout, constant, True).items()}
-    pooled = {metric: value for metric, (value, _) in pooled_auc_ap(layout, PooledOrder.of(constant)).items()}
+    pooled = {metric: value for metric, (value, _) in pooled_auc_ap(layout, PooledOrder.of(layout, constant)).items()}
     pooled_interval = "exact weighted bootstrap" if pooled_method == "exact" else "first-order bootstrap (clustered DeLong)"
     each = "each query weighted equally"
     return {

@@ -139,7 +139,8 @@ def decide(statistics: StatsResult, rule: GateRule, *, production_label: str = "
     clauses += _production(statistics, rule, metric, production_label)
     failed = [c for c in clauses if c.status == "failed"]
     blessed = not failed
-    shown = [c for c in clauses if c.status == "passed"] if blessed else failed
+    # A blessing's reason is the numbers that earned it; the split's size stays in the clauses.
+    shown = [c for c in clauses if c.status == "passed" and c.name != "test_split"] if blessed else failed
     reason = "; ".join(c.text for c in shown)
     if failed and failed[0].name not in ("test_split", "min_auc"):
         reason = f"{label}: {reason}"  # the comparison texts do not name the metric
