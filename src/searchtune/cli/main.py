@@ -12,11 +12,11 @@ from searchtune.errors import SearchtuneError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from searchtune import serve
     from searchtune.cli import models as registry_cli
     from searchtune.cli import run as pipeline_cli
     from searchtune.data import sample_data
     from searchtune.orchestration import cluster, submit
+    from searchtune.serving import cli as serving_cli
 
     parser = argparse.ArgumentParser(
         prog="searchtune",
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline_cli.add_compile_parser(commands, cluster)
     submit.add_parser(commands)
     registry_cli.add_parser(commands)
-    serve.add_parser(commands)
+    serving_cli.add_parser(commands)
     sample_data.add_parser(commands)
     return parser
 

@@ -1,0 +1,1 @@
+"""Online serving: the KServe model server behind ``searchtune serve`` (rerank, search, pair scoring)."""
