@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
@@ -14,71 +13,8 @@ from searchtune.errors import SearchtuneError
 from searchtune.io import storage
 from searchtune.registry import AliasConflict, ModelRegistry
 
-MODEL = "relevance"
-
-
-def make_version_files(folder, tag: str, big_bytes: int = 0) -> str:
-    """A model-like folder: adapter, tokenizer, config; optionally a big file sorted last."""
-    files = {
-        "adapter/adapter_config.json": json.dumps({"r": 4, "tag": tag}),
-        "adapter/adapter_model.safetensors": tag * 500,
-        "tokenizer/vocab.txt": "\n".join(["[PAD]", "[UNK]", tag]),
-        "searchtune_model.json": json.dumps({"architecture": "bi-encoder", "tag": tag}),
-        "blessing.json": json.dumps({"blessed": True, "candidate": {"auc": 0.8}}),
-    }
-    for name, text in files.items():
-        path = os.path.join(folder, name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as handle:
-            handle.write(text)
-    if big_bytes:
-        with open(os.path.join(folder, "zz_big.bin"), "wb") as handle:
-            handle.write(os.urandom(big_bytes))
-    return str(folder)
-
-
-def register(registry: ModelRegistry, tmp_path, tag: str, auc: float = 0.8) -> dict:
-    folder = make_version_files(tmp_path / f"files-{tag}", tag)
-    return registry.register_version(MODEL, folder, {"run_id": f"run-{tag}", "created_by": "test", "auc": auc,
-                                                     "blessed": True})
-
-
-def snapshot(root: str) -> dict:
-    """Every object/file below the root with its bytes: 'nothing changed' means equal snapshots."""
-    return {storage.relative(uri, root): storage.read_bytes(uri) for uri in storage.list_prefix(root)}
-
-
-def run_children(script: str, args_per_child: list[list[str]], tmp_path, timeout: float = 120) -> list[subprocess.CompletedProcess]:
-    """Start one Python child per args list, release them together, return their results.
-
-    Each child signals readiness by creating ``ready-<i>`` and then waits for ``go``, so the
-    interesting part of every child starts at (nearly) the same moment.
-    """
-    prelude = textwrap.dedent("""
-        import os, sys, time
-        ready, go = sys.argv[1], sys.argv[2]
-        open(ready, "w").close()
-        while not os.path.exists(go):
-            time.sleep(0.001)
-    """)
-    go = tmp_path / "go"
-    processes = []
-    for index, args in enumerate(args_per_child):
-        ready = tmp_path / f"ready-{index}"
-        processes.append((ready, subprocess.Popen(
-            [sys.executable, "-c", prelude + textwrap.dedent(script), str(ready), str(go), *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
-    deadline = time.monotonic() + 60
-    while not all(ready.exists() for ready, _ in processes):
-        assert time.monotonic() < deadline, "children did not start"
-        time.sleep(0.01)
-    go.touch()
-    results = []
-    for _, process in processes:
-        out, err = process.communicate(timeout=timeout)
-        results.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
-    return results
-
+sys.path.insert(0, os.path.dirname(__file__))  # tests/ is no package (pytest --import-mode=importlib)
+from registry_helpers import MODEL, make_version_files, register, run_children, snapshot  # noqa: E402
 
 # --------------------------------------------------------------------------- versions
 

@@ -142,3 +142,58 @@ def test_parse_ref(ref, expected, tmp_path, monkeypatch):
     registry, model, version = parse_ref(ref, "default-root")
     root = expected[0] if expected[0].startswith(("gs://", "/")) else str(tmp_path / expected[0])
     assert (registry.root, model, version) == (root, expected[1], expected[2])
+
+
+def test_verify_list_marks_and_alias_repair(registry_root, tmp_path):
+    from searchtune.io import storage
+
+    registry = ModelRegistry(registry_root)
+    for tag, auc in (("a", 0.71), ("b", 0.83)):
+        registry.register_version(MODEL, make_files(tmp_path / tag, tag, auc), {"run_id": f"run-{tag}", "auc": auc})
+    registry.promote(MODEL, 1, actor="setup", reason="first")
+    ref = f"{registry_root}/{MODEL}"
+    result = cli("verify", "--registry", registry_root)
+    assert (result.returncode, result.stdout.splitlines()[-1]) == (0, "verified: no problems found"), result.stderr
+
+    storage.delete(storage.join(registry.version_uri(MODEL, 2), "lineage.json"))
+    listing = cli("list", "--registry", registry_root)
+    assert listing.returncode == 0, listing.stderr
+    rows = {line.split()[0]: line.split() for line in listing.stdout.splitlines() if line.startswith("v")}
+    assert rows["v1"][-2:] == ["ok", "production"] and rows["v2"][-1] == "BROKEN"
+    assert "  v2: lineage.json: missing" in listing.stdout.splitlines()
+    result = cli("verify", ref)
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "  v2    BROKEN  lineage.json: missing" in result.stdout.splitlines()
+    assert result.stdout.splitlines()[-1] == "1 problem(s) found"
+    assert "4  problems were found" in cli("verify", "--help").stdout
+
+    storage.write_bytes(storage.join(registry_root, MODEL, "aliases", "production.json"), b"{truncated")
+    assert_one_line_error(cli("promote", ref, "2"), "alias record cannot be read", "--repair")
+    assert "production: UNREADABLE" in cli("list", "--registry", registry_root).stdout
+    result = cli("promote", ref, "1", "--repair", "--reason", "alias was truncated")
+    assert result.returncode == 0, result.stderr
+    assert "unreadable record (last recorded target v1; replaced record kept in history #2) -> v1" in result.stdout
+    result = cli("verify", f"{ref}@production")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [(h["version"], h["reason"]) for h in registry.alias_history(MODEL)] == [
+        (1, "first"), (1, "alias was truncated")]
+
+
+def test_candidates_shows_blessed_and_refused_with_reasons(registry_root):
+    registry = ModelRegistry(registry_root)
+    registry.record_candidate(MODEL, {"run_id": "run-low", "created_at": "2026-11-24T05:00:00+00:00", "blessed": False,
+                                      "reason": "AUC 0.55 below min_auc 0.60", "gate_metric": "roc_auc",
+                                      "value": 0.55, "low": 0.521, "high": 0.5799})
+    registry.record_candidate(MODEL, {"run_id": "run-good", "created_at": "2026-11-24T06:00:00+00:00",
+                                      "blessed": True, "reason": "AUC 0.81 >= min_auc 0.60"})
+    result = cli("candidates", f"{registry_root}/{MODEL}")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"{MODEL} candidates") and lines[1].split() == ["TIME", "(UTC)", "RUN", "VERDICT",
+                                                                                "GATE", "REASON"]
+    assert lines[2].split()[:5] == ["2026-11-24", "06:00:00", "run-good", "blessed", "-"]
+    assert " ".join(lines[3].split()) == ("2026-11-24 05:00:00 run-low refused roc_auc 0.5500 [0.5210, 0.5799] "
+                                          "AUC 0.55 below min_auc 0.60")
+    refused = cli("candidates", MODEL, "--registry", registry_root, "--refused")
+    assert [line.split()[2] for line in refused.stdout.splitlines()[2:]] == ["run-low"]
+    assert_one_line_error(cli("candidates", MODEL, "--registry", registry_root, "--limit", "0"), "--limit")

@@ -1,6 +1,8 @@
 """searchtune.storage against real local files and a real GCS emulator server."""
 
+import io
 import os
+import re
 import subprocess
 import sys
 import urllib.error
@@ -71,6 +73,49 @@ def test_compare_and_swap(root):
     assert storage.read_bytes(uri) == b"v2"
 
 
+def test_stat_list_sizes_and_streamed_reads(root, tmp_path):
+    uri = storage.join(root, "d", "f.bin")
+    storage.write_bytes(uri, b"12345")
+    size, version = storage.stat(uri)
+    assert size == 5 and isinstance(version, str)
+    storage.write_bytes(uri, b"1234567")
+    assert storage.stat(uri)[0] == 7 and storage.stat(uri)[1] != version  # the version follows the content
+    storage.write_bytes(storage.join(root, "d", "sub", "g.txt"), b"g")
+    assert {storage.relative(u, root): n for u, n in storage.list_sizes(storage.join(root, "d")).items()} == {
+        "d/f.bin": 7, "d/sub/g.txt": 1}
+    assert storage.list_sizes(storage.join(root, "nothing-here")) == {}
+    sink = io.BytesIO()
+    storage.read_into(uri, sink)
+    assert sink.getvalue() == b"1234567"
+    with pytest.raises(storage.Missing, match="no such"):
+        storage.stat(storage.join(root, "d", "missing.bin"))
+    with pytest.raises(storage.Missing):
+        storage.read_into(storage.join(root, "d", "missing.bin"), io.BytesIO())
+
+
+def test_create_file_counts_its_own_earlier_copy_as_created(root, tmp_path):
+    source, other = tmp_path / "source.bin", tmp_path / "other.bin"
+    source.write_bytes(b"weights")
+    other.write_bytes(b"different")
+    uri = storage.join(root, "v", "weights.bin")
+    storage.create_file(str(source), uri)
+    storage.create_file(str(source), uri)  # a retried request finding its own bytes: fine
+    with pytest.raises(storage.PreconditionFailed, match="already exists"):
+        storage.create_file(str(other), uri)
+    assert storage.read_bytes(uri) == b"weights"
+
+
+def test_local_errors_are_one_line_and_name_the_culprit(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SearchtuneError) as error:
+        storage.write_bytes(str(tmp_path / "file" / "below" / "f.json"), b"{}")
+    assert str(error.value) in (f"{tmp_path / 'file'}: exists and is not a folder",
+                                f"{tmp_path / 'file' / 'below'}: a folder on this path is a file")
+    with pytest.raises(SearchtuneError, match="is a directory, expected a file"):
+        storage.read_bytes(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["file"]  # no temporary files left behind
+
+
 def test_large_file_resumable_upload_and_verified_download(gcs_bucket, tmp_path):
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(storage.RESUMABLE_THRESHOLD + 3 * 1024 * 1024))  # two chunks
@@ -119,7 +164,9 @@ def test_permission_denied_is_a_one_line_error_naming_the_object(gcs_emulator, t
                             capture_output=True, text=True, timeout=300, env={**os.environ})
     assert result.returncode == 2 and "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("searchtune: error: step ingest failed: gs://denied-logs/2026/11/day.parquet: permission denied (403)"), last
+    # The first step that reads the data reports it: preflight (which snapshots the inputs) or ingest.
+    assert re.match(r"searchtune: error: step (preflight|ingest) failed: gs://denied-logs/2026/11/day.parquet: "
+                    r"permission denied \(403\)", last), last
     assert not (tmp_path / "registry").exists()
 
 

@@ -1,4 +1,4 @@
-"""``searchtune models``: list, show, promote, roll back and pull registered models.
+"""``searchtune models``: list, show, verify, promote, roll back and pull models; show candidates.
 
 A model is named by ``REF`` = ``<registry>/<model>[@<version|alias|latest>]``, e.g.
 ``./.searchtune/registry/searchtune-relevance@production`` or
@@ -55,6 +55,15 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _production_label(registry: ModelRegistry, name: str) -> tuple[int | None, str]:
+    try:
+        alias = registry.alias(name, PRODUCTION)
+    except SearchtuneError:  # unreadable alias: still list the versions, say how to find out more
+        return None, "UNREADABLE (see 'searchtune models verify')"
+    production = None if alias is None else int(alias["version"])
+    return production, "none" if production is None else f"v{production}"
+
+
 def _list(args: argparse.Namespace) -> int:
     registry = ModelRegistry(args.registry)
     names = [args.model] if args.model else registry.models()
@@ -62,27 +71,31 @@ def _list(args: argparse.Namespace) -> int:
         print(f"no models registered in {registry.root}")
         return 0
     for index, name in enumerate(names):
-        manifests = registry.versions(name)
-        alias = registry.alias(name, PRODUCTION)
-        production = None if alias is None else int(alias["version"])
-        rows = []
-        for manifest in manifests:
+        health = registry.version_health(name)
+        production, label = _production_label(registry, name)
+        rows, broken = [], []
+        for entry in health:
+            manifest = entry["manifest"] or {}
             meta = manifest.get("metadata") or {}
             auc = meta.get("auc")
             rows.append([
-                f"v{manifest['version']}",
+                f"v{entry['version']}",
                 manifest.get("created_at", "")[:19].replace("T", " "),
                 manifest.get("run_id") or "-",
                 "-" if auc is None else f"{float(auc):.4f}",
                 {True: "yes", False: "no"}.get(meta.get("blessed"), "-"),
-                "production" if manifest["version"] == production else "",
+                "BROKEN" if entry["problems"] else "ok",
+                "production" if entry["version"] == production else "",
             ])
+            broken.extend(f"  v{entry['version']}: {problem}" for problem in entry["problems"])
         if index:
             print()
-        print(f"{name}  ({registry.root}, {len(manifests)} version(s), production: "
-              f"{'none' if production is None else f'v{production}'})")
+        print(f"{name}  ({registry.root}, {len(health)} version(s), production: {label})")
         if rows:
-            print(_table(rows, ["VERSION", "CREATED (UTC)", "RUN", "AUC", "BLESSED", "ALIAS"]))
+            print(_table(rows, ["VERSION", "CREATED (UTC)", "RUN", "AUC", "BLESSED", "FILES", "ALIAS"]))
+        if broken:
+            print("FILES checks existence and size only; 'searchtune models verify' also checks sha256:")
+            print("\n".join(broken))
     return 0
 
 
@@ -104,16 +117,23 @@ def _promote(args: argparse.Namespace) -> int:
     version = args.version or ref
     if version is None:
         raise SearchtuneError("say which version to promote: models promote <registry>/<model> VERSION")
-    record = registry.promote(model, version, actor=args.actor, reason=args.reason)
-    print(f"{model}@production: {_v(record['previous_version'])} -> v{record['version']}")
+    record = registry.promote(model, version, actor=args.actor, reason=args.reason, repair=args.repair)
+    print(f"{model}@production: {_from(record)} -> v{record['version']}")
     return 0
 
 
 def _rollback(args: argparse.Namespace) -> int:
     registry, model, _ref = parse_ref(args.ref, args.registry, default_version=None)
-    record = registry.rollback(model, actor=args.actor, reason=args.reason)
-    print(f"{model}@production rolled back: {_v(record['previous_version'])} -> v{record['version']}")
+    record = registry.rollback(model, actor=args.actor, reason=args.reason, repair=args.repair)
+    print(f"{model}@production rolled back: {_from(record)} -> v{record['version']}")
     return 0
+
+
+def _from(record: dict) -> str:
+    if "repaired" in record:
+        return (f"unreadable record (last recorded target {_v(record['previous_version'])}; "
+                f"replaced record kept in history #{record['seq']})")
+    return _v(record["previous_version"])
 
 
 def _pull(args: argparse.Namespace) -> int:
@@ -128,10 +148,93 @@ def _v(version: int | None) -> str:
     return "nothing" if version is None else f"v{version}"
 
 
+VERIFY_PROBLEMS = 4  # `models verify` found something wrong (2 stays "the command could not run")
+
+VERIFY_EPILOG = f"""exit codes:
+  0  everything checked is as the manifests and alias records say
+  {VERIFY_PROBLEMS}  problems were found (each printed on its own line)
+  2  the command could not run (bad REF, unreachable registry)"""
+
+
+def _verify(args: argparse.Namespace) -> int:
+    if args.ref:
+        registry, model, ref = parse_ref(args.ref, args.registry, default_version=None)
+        targets = [(model, ref)]
+    else:
+        registry = ModelRegistry(args.registry)
+        targets = [(name, None) for name in registry.models()]
+        if not targets:
+            print(f"no models registered in {registry.root}")
+            return 0
+    problems = 0
+    for model, ref in targets:
+        report = registry.verify(model, ref)
+        print(f"{model}  ({registry.root})")
+        for check in report.versions:
+            status = "BROKEN" if check.problems else "ok"
+            details = check.problems or [f"{check.files} file(s), {check.bytes / 1e6:.1f} MB, sizes and sha256 match"]
+            print("\n".join(f"  v{check.version:<4} {status:<7} {line}" for line in details))
+        for check in report.aliases:
+            details = check.problems or [f"-> v{check.version}, history complete"]
+            status = "BROKEN" if check.problems else "ok"
+            print("\n".join(f"  @{check.alias}  {status:<7} {line}" for line in details))
+            for note in check.notes:
+                print(f"  @{check.alias}  note    {note}")
+        if report.incomplete:
+            print(f"  note: {', '.join(f'v{n}' for n in report.incomplete)} claimed without a manifest "
+                  "(abandoned or still being written; never listed)")
+        problems += len(report.problems())
+    print(f"{problems} problem(s) found" if problems else "verified: no problems found")
+    return VERIFY_PROBLEMS if problems else 0
+
+
+def _gate(record: dict) -> str:
+    value = record.get("value")
+    if value is None:
+        return "-"
+    text = f"{record.get('gate_metric') or 'value'} {_number(value)}"
+    if record.get("low") is not None and record.get("high") is not None:
+        text += f" [{_number(record['low'])}, {_number(record['high'])}]"
+    return text
+
+
+def _number(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _candidates(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise SearchtuneError(f"--limit must be at least 1, got {args.limit}")
+    registry, model, _ref = parse_ref(args.ref or DEFAULT_MODEL_NAME, args.registry, default_version=None)
+    records = registry.candidates(model, limit=None if args.refused else args.limit)
+    if args.refused:
+        records = [r for r in records if r.get("blessed") is False or "unreadable" in r][:args.limit]
+    print(f"{model} candidates  ({registry.root}, newest first, {len(records)} shown)")
+    rows = []
+    for record in records:
+        if "unreadable" in record:
+            rows.append(["?", "?", "UNREADABLE", "-", f"{record['uri']}: {record['unreadable']}"])
+            continue
+        rows.append([
+            str(record.get("created_at", ""))[:19].replace("T", " "),
+            record.get("run_id") or "-",
+            {True: "blessed", False: "refused"}.get(record.get("blessed"), "?"),
+            _gate(record),
+            str(record.get("reason") or "-"),
+        ])
+    if rows:
+        print(_table(rows, ["TIME (UTC)", "RUN", "VERDICT", "GATE", "REASON"]))
+    return 0
+
+
+REPAIR_HELP = ("replace the production alias record even if it cannot be read (compare-and-swap on the broken "
+               "object; what it held is kept in the new history record); without it a broken record is refused")
+
+
 def add_parser(subparsers) -> None:
     """Add ``models`` and its sub-commands to the ``searchtune`` command."""
     parser = subparsers.add_parser(
-        "models", help="list, show, promote, roll back and pull registered models",
+        "models", help="list, show, verify, promote, roll back and pull registered models; show candidates",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="models_command", required=True, metavar="ACTION")
@@ -143,8 +246,15 @@ def add_parser(subparsers) -> None:
         sub.set_defaults(func=handler)
         return sub
 
-    listing = add("list", _list, "table of versions: created, run, AUC, blessed, production marker")
+    listing = add("list", _list, "table of versions: created, run, AUC, blessed, files present with the right "
+                  "sizes (no sha256: see verify), production marker")
     listing.add_argument("--model", default=None, help="only this model (default: all)")
+
+    verify = add("verify", _verify, "check manifests, every file's size and sha256, aliases and their history")
+    verify.epilog = VERIFY_EPILOG
+    verify.formatter_class = argparse.RawDescriptionHelpFormatter
+    verify.add_argument("ref", metavar="REF", nargs="?", default=None,
+                        help="<registry>/<model>[@<version|alias|latest>] (default: every model in --registry)")
 
     show = add("show", _show, "manifest, metrics, blessing and lineage of one version (JSON)")
     show.add_argument("ref", metavar="REF", help="<registry>/<model>@<version|production|latest>")
@@ -154,13 +264,23 @@ def add_parser(subparsers) -> None:
     promote.add_argument("version", metavar="VERSION", nargs="?", help="3, v3 or latest")
     promote.add_argument("--reason", default="promoted by hand (searchtune models promote)")
     promote.add_argument("--actor", default=default_actor(), help="recorded as moved_by (default user@host)")
+    promote.add_argument("--repair", action="store_true", help=REPAIR_HELP)
 
     rollback = add("rollback", _rollback, "point production back at its previous version")
     rollback.add_argument("ref", metavar="REF", help="<registry>/<model>")
     rollback.add_argument("--reason", default="rolled back by hand (searchtune models rollback)")
     rollback.add_argument("--actor", default=default_actor(), help="recorded as moved_by (default user@host)")
+    rollback.add_argument("--repair", action="store_true", help=REPAIR_HELP + "; the target is the version before "
+                          "the last move recorded in the alias history")
 
     pull = add("pull", _pull, "download a version, verify checksums, leave a folder serving can load")
     pull.add_argument("ref", metavar="REF", help="<registry>/<model>@<version|production|latest>")
     pull.add_argument("dest", metavar="DEST", help="local folder to create (must not exist or be empty)")
+
+    log_of = add("candidates", _candidates, "evaluated candidates, blessed and refused: time, run, gate metric "
+                 "and interval, verdict, reason")
+    log_of.add_argument("ref", metavar="MODEL", nargs="?", default=None,
+                        help=f"<registry>/<model> or a model in --registry (default {DEFAULT_MODEL_NAME})")
+    log_of.add_argument("--limit", type=int, default=20, help="show at most this many, newest first (default 20)")
+    log_of.add_argument("--refused", action="store_true", help="only refused candidates")
 

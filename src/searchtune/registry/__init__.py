@@ -1,12 +1,16 @@
-"""The model registry: versioned models with a movable ``production`` alias, on local disk or GCS."""
+"""The model registry: versioned models with a movable ``production`` alias, on local disk or GCS.
 
-from searchtune.registry.model_registry import (
+``ModelRegistry`` (``model_registry``) is the entry point; ``layout``, ``versions``,
+``aliases``, ``candidates``, ``verify`` and ``probe`` hold the parts and their guarantees.
+"""
+
+from searchtune.registry.layout import (
     DEFAULT_MODEL_NAME,
     DEFAULT_REGISTRY,
     PRODUCTION,
     AliasConflict,
-    ModelRegistry,
     default_actor,
 )
+from searchtune.registry.model_registry import ModelRegistry
 
 __all__ = ["DEFAULT_MODEL_NAME", "DEFAULT_REGISTRY", "PRODUCTION", "AliasConflict", "ModelRegistry", "default_actor"]

@@ -1,100 +1,24 @@
-"""A versioned model registry on local disk or GCS, with a ``production`` alias.
+"""``ModelRegistry``: versioned models with movable aliases, on local disk or GCS.
 
-Layout below the root (a local folder or ``gs://bucket/prefix``)::
-
-    <model>/versions/<n>/CLAIM            who reserved number n (created-if-absent)
-    <model>/versions/<n>/...files...      the version's files, each created-if-absent
-    <model>/versions/<n>/MANIFEST.json    written LAST: every file with size + sha256, metadata
-    <model>/aliases/<alias>.json          {version, previous_version, moved_at, moved_by, ...}
-    <model>/aliases/history/<alias>/<seq>.json   one record per alias move, created-if-absent
-
-Rules that make concurrent writers and crashes safe:
-
-* **Numbers** are claimed by creating ``versions/<n>/CLAIM`` only if absent, starting one
-  past the highest number anyone has claimed; on a conflict the writer tries ``n+1``. Two
-  writers can never share a number and no version is overwritten.
-* **Visibility**: a version exists for readers only once its ``MANIFEST.json`` exists, and
-  the manifest is created last. A writer that crashes (even SIGKILL) leaves a claim and
-  some files that no reader lists; its number is simply skipped. A writer that fails with
-  an exception deletes what it wrote. Numbers are therefore increasing but may have gaps.
-* **Alias moves** are compare-and-swap on the alias object's generation: the caller states
-  which version it believes the alias points at, and the write fails with
-  ``AliasConflict`` if someone moved it meanwhile.
-* **Alias history**: each alias record carries a sequence number ``seq``; after a
-  successful move the record is also created as ``history/<alias>/<seq>.json``. The alias
-  object is the truth; if a mover dies between the two writes, the next mover (and
-  ``alias_history``) writes the missing history record from the alias object itself, so
-  the history has no holes and never records a move that did not happen.
+The class is the registry's one entry point; the work is done by the modules next to it:
+``layout`` (where things are), ``versions`` (claim, register, fetch: visible only once the
+manifest is written last), ``aliases`` (compare-and-swap moves, history, repair of an
+unreadable record), ``candidates`` (the log of blessed and refused candidates),
+``verify`` (checksums, manifests, aliases) and ``probe`` (is the root usable at all).
+Their docstrings state the guarantees.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
-import json
 import logging
 import os
-import re
-import shutil
-import socket
-import tempfile
-import uuid
 
 from searchtune.errors import SearchtuneError
-from searchtune.io import storage
+from searchtune.registry import aliases, candidates, probe, versions
+from searchtune.registry import verify as verification
+from searchtune.registry.layout import NAME, PRODUCTION, VERSION_REF, Layout, check_name
 
 log = logging.getLogger(__name__)
-
-DEFAULT_REGISTRY = os.environ.get("SEARCHTUNE_REGISTRY", ".searchtune/registry")
-DEFAULT_MODEL_NAME = "searchtune-relevance"
-PRODUCTION = "production"
-MANIFEST = "MANIFEST.json"
-CLAIM = "CLAIM"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_VERSION_REF = re.compile(r"^v?(\d+)$")
-
-
-class AliasConflict(SearchtuneError):
-    """The alias moved since the caller looked at it.
-
-    Attributes:
-        current: the alias record now in the registry (None if the alias does not exist).
-    """
-
-    def __init__(self, message: str, current: dict | None):
-        super().__init__(message)
-        self.current = current
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
-
-
-def _dumps(record: dict) -> bytes:
-    return (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _check_name(kind: str, name: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise SearchtuneError(f"invalid {kind} name {name!r}: use letters, digits, '.', '_' and '-'")
-    return name
-
-
-def default_actor() -> str:
-    """``user@host`` of this process, recorded as who moved an alias or registered a version."""
-    try:
-        user = os.getlogin()
-    except OSError:
-        user = os.environ.get("USER") or str(os.getuid())
-    return f"{user}@{socket.gethostname()}"
 
 
 class ModelRegistry:
@@ -105,95 +29,78 @@ class ModelRegistry:
     """
 
     def __init__(self, root: str):
-        if not root:
-            raise SearchtuneError("registry root is empty")
-        self.root = str(root).rstrip("/") if storage.is_gcs(str(root)) else os.path.abspath(root)
+        self.layout = Layout(root)
+        self.root = self.layout.root
 
     def __repr__(self) -> str:
         return f"ModelRegistry({self.root!r})"
 
-    # ------------------------------------------------------------------ locations
-
-    def _model_uri(self, model: str) -> str:
-        return storage.join(self.root, _check_name("model", model))
-
-    def _version_uri(self, model: str, version: int) -> str:
-        return storage.join(self._model_uri(model), "versions", str(int(version)))
-
-    def _alias_uri(self, model: str, alias: str) -> str:
-        return storage.join(self._model_uri(model), "aliases", f"{_check_name('alias', alias)}.json")
-
-    def _history_uri(self, model: str, alias: str, seq: int) -> str:
-        return storage.join(self._model_uri(model), "aliases", "history", alias, f"{int(seq):08d}.json")
-
     def version_uri(self, model: str, version: int) -> str:
         """Where version ``version`` of ``model`` keeps its files."""
-        return self._version_uri(model, version)
+        return self.layout.version(model, version)
 
     # ------------------------------------------------------------------ reading versions
-
-    def _numbers_in_use(self, model: str) -> tuple[set[int], set[int]]:
-        """(every claimed number, numbers with a manifest) from one listing."""
-        claimed, manifested = set(), set()
-        versions_uri = storage.join(self._model_uri(model), "versions")
-        for uri in storage.list_prefix(versions_uri):
-            parts = storage.relative(uri, versions_uri).split("/")
-            if parts[0].isdigit():
-                claimed.add(int(parts[0]))
-                if parts[1:] == [MANIFEST]:
-                    manifested.add(int(parts[0]))
-        return claimed, manifested
-
-    def _read_manifest(self, model: str, version: int) -> dict:
-        uri = storage.join(self._version_uri(model, version), MANIFEST)
-        try:
-            manifest = json.loads(storage.read_bytes(uri))
-        except json.JSONDecodeError as error:
-            raise SearchtuneError(f"{uri}: not valid JSON ({error})") from None
-        manifest["uri"] = self._version_uri(model, version)
-        return manifest
 
     def versions(self, model: str) -> list[dict]:
         """Manifests of the visible versions of ``model``, ascending by version number.
 
-        Args:
-            model: the model's name.
+        Raises:
+            SearchtuneError: a manifest cannot be read (naming it; ``verify`` says more).
         """
-        _claimed, manifested = self._numbers_in_use(model)
-        return [self._read_manifest(model, n) for n in sorted(manifested)]
+        _claimed, visible = versions.numbers_in_use(self.layout, model)
+        return [versions.read_manifest(self.layout, model, n) for n in sorted(visible)]
+
+    def version_health(self, model: str) -> list[dict]:
+        """Every visible version with the problems a cheap check finds, ascending.
+
+        The check costs one listing plus the manifests: each manifest must parse and each
+        file it lists must exist with the listed size. Content (SHA-256) is checked only by
+        ``verify`` and on ``fetch``.
+
+        Returns:
+            ``[{"version": n, "manifest": dict or None, "problems": [str, ...]}, ...]``.
+        """
+        listed = versions.listing(self.layout, model)
+        _claimed, visible = versions.numbers_in_use(self.layout, model, listed)
+        health = []
+        for number in sorted(visible):
+            try:
+                manifest = versions.read_manifest(self.layout, model, number)
+            except SearchtuneError as error:
+                health.append({"version": number, "manifest": None, "problems": [str(error)]})
+                continue
+            health.append({"version": number, "manifest": manifest,
+                           "problems": versions.missing_or_resized(manifest, listed)})
+        return health
 
     def _describe_refs(self, model: str) -> str:
-        numbers = sorted(self._numbers_in_use(model)[1])
-        aliases = sorted(self._aliases(model))
+        numbers = sorted(versions.numbers_in_use(self.layout, model)[1])
+        names = aliases.names(self.layout, model)
         if not numbers:
             return f"model '{model}' has no versions in {self.root}"
         listed = ", ".join(f"v{n}" for n in numbers)
-        return f"available: {listed}" + (f"; aliases: {', '.join(aliases)}" if aliases else "") + ", latest"
-
-    def _aliases(self, model: str) -> list[str]:
-        aliases_uri = storage.join(self._model_uri(model), "aliases")
-        names = [storage.relative(u, aliases_uri) for u in storage.list_prefix(aliases_uri)]
-        return [n[: -len(".json")] for n in names if "/" not in n and n.endswith(".json")]
+        return f"available: {listed}" + (f"; aliases: {', '.join(names)}" if names else "") + ", latest"
 
     def resolve(self, model: str, ref: int | str) -> int:
         """The version number ``ref`` stands for: ``3``, ``"3"``, ``"v3"``, ``"latest"`` or an alias.
 
         Raises:
-            SearchtuneError: no such version/alias; the message lists what exists.
+            SearchtuneError: no such version/alias (the message lists what exists), or the
+                alias record cannot be read (the message says how to repair it).
         """
         text = str(ref).strip()
-        match = _VERSION_REF.match(text)
+        match = VERSION_REF.match(text)
         if match:
             number = int(match.group(1))
-            if number not in self._numbers_in_use(model)[1]:
+            if number not in versions.numbers_in_use(self.layout, model)[1]:
                 raise SearchtuneError(f"model '{model}' has no version {number}; {self._describe_refs(model)}")
             return number
         if text == "latest":
-            numbers = self._numbers_in_use(model)[1]
+            numbers = versions.numbers_in_use(self.layout, model)[1]
             if not numbers:
                 raise SearchtuneError(f"model '{model}' has no versions in {self.root}")
             return max(numbers)
-        if not _NAME.match(text):
+        if not NAME.match(text):
             raise SearchtuneError(f"'{text}' is not a version (3, v3), 'latest' or an alias name")
         record = self.alias(model, text)
         if record is None:
@@ -210,7 +117,7 @@ class ModelRegistry:
         Raises:
             SearchtuneError: unknown ref; the message lists the versions and aliases that exist.
         """
-        return self._read_manifest(model, self.resolve(model, ref))
+        return versions.read_manifest(self.layout, model, self.resolve(model, ref))
 
     def production(self, model: str) -> dict | None:
         """The manifest the ``production`` alias points at, plus ``auc`` and ``alias``; None if unset.
@@ -221,60 +128,22 @@ class ModelRegistry:
         record = self.alias(model, PRODUCTION)
         if record is None:
             return None
-        manifest = self._read_manifest(model, int(record["version"]))
-        return {**manifest, "auc": self._auc_of(manifest), "alias": record}
-
-    def _auc_of(self, manifest: dict) -> float | None:
-        auc = (manifest.get("metadata") or {}).get("auc")
-        if auc is not None:
-            return float(auc)
-        names = {f["path"] for f in manifest.get("files", [])}
-        for name, path in (("blessing.json", ("candidate", "auc")), ("evaluation.json", ("candidate", "roc_auc"))):
-            if name in names:
-                value = json.loads(storage.read_bytes(storage.join(manifest["uri"], name)))
-                for key in path:
-                    value = value.get(key) if isinstance(value, dict) else None
-                if value is not None:
-                    return float(value)
-        return None
+        manifest = versions.read_manifest(self.layout, model, int(record["version"]))
+        return {**manifest, "auc": versions.auc_of(manifest), "alias": record}
 
     def read_file(self, model: str, ref: int | str, path: str) -> bytes:
         """The bytes of one file of a version (e.g. ``"evaluation.json"``), checked against the manifest."""
-        manifest = self.version(model, ref)
-        entry = next((f for f in manifest["files"] if f["path"] == path), None)
-        if entry is None:
-            raise SearchtuneError(f"v{manifest['version']} of '{model}' has no file {path}")
-        data = storage.read_bytes(storage.join(manifest["uri"], path))
-        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            raise SearchtuneError(f"{storage.join(manifest['uri'], path)}: sha256 does not match the manifest")
-        return data
+        return versions.read_checked(self.version(model, ref), path)
 
     def models(self) -> list[str]:
         """Names of the models that have at least one visible version."""
-        names = set()
-        for uri in storage.list_prefix(self.root):
-            parts = storage.relative(uri, self.root).split("/")
-            if len(parts) == 4 and parts[1] == "versions" and parts[3] == MANIFEST and _NAME.match(parts[0]):
-                names.add(parts[0])
-        return sorted(names)
-
-    # ------------------------------------------------------------------ fetching
+        return versions.model_names(self.layout)
 
     def fetch(self, model: str, ref: int | str, dest: str) -> str:
         """Download a version's files into the local folder ``dest`` and verify every checksum.
 
-        The files are gathered in a temporary folder next to ``dest`` and renamed into
-        place only when all sizes and SHA-256 sums match the manifest, so ``dest`` is
-        either complete or not there. ``dest`` must not exist or be an empty folder.
-        The manifest is saved as ``dest/MANIFEST.json``.
-
-        Args:
-            model: the model's name.
-            ref: version number, ``"latest"`` or an alias.
-            dest: local folder to create.
-
-        Returns:
-            ``dest``.
+        ``dest`` is either complete or not there (see ``versions.fetch``); it must not
+        exist or be an empty folder.
 
         Raises:
             SearchtuneError: a file's size or SHA-256 differs from the manifest (naming it),
@@ -283,196 +152,66 @@ class ModelRegistry:
         if os.path.exists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):
             raise SearchtuneError(f"{dest}: already exists and is not an empty folder")
         manifest = self.version(model, ref)
-        parent = os.path.dirname(os.path.abspath(dest))
-        os.makedirs(parent, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=".fetch-", dir=parent)
-        try:
-            for entry in manifest["files"]:
-                source = storage.join(manifest["uri"], entry["path"])
-                target = os.path.join(staging, *entry["path"].split("/"))
-                storage.download(source, target)
-                size, digest = os.path.getsize(target), _sha256(target)
-                if size != entry["size"] or digest != entry["sha256"]:
-                    raise SearchtuneError(
-                        f"{source}: checksum mismatch (manifest: {entry['size']} bytes sha256 "
-                        f"{entry['sha256'][:12]}…, got {size} bytes sha256 {digest[:12]}…)"
-                    )
-            saved = {k: v for k, v in manifest.items() if k != "uri"}
-            with open(os.path.join(staging, MANIFEST), "wb") as handle:
-                handle.write(_dumps(saved))
-            if os.path.isdir(dest):
-                os.rmdir(dest)
-            os.replace(staging, dest)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        versions.fetch(manifest, dest)
         log.info("fetched %s v%d (%d files) to %s", model, manifest["version"], len(manifest["files"]), dest)
         return dest
 
-    # ------------------------------------------------------------------ registering
-
-    def _claim(self, model: str, created_by: str, run_id: str) -> tuple[int, bytes]:
-        claimed, _ = self._numbers_in_use(model)
-        number = max(claimed, default=0) + 1
-        for _ in range(1000):
-            claim = _dumps({"claimed_at": _now(), "created_by": created_by, "run_id": run_id,
-                            "host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex})
-            try:
-                storage.create_bytes(storage.join(self._version_uri(model, number), CLAIM), claim)
-                return number, claim
-            except storage.PreconditionFailed:
-                log.info("version %d of %s was claimed by another writer; trying %d", number, model, number + 1)
-                number += 1
-        raise SearchtuneError(f"could not claim a version number for '{model}' after 1000 tries")
+    # ------------------------------------------------------------------ writing versions
 
     def register_version(self, model: str, files_dir: str, metadata: dict) -> dict:
         """Add a new version holding every file below the local folder ``files_dir``.
 
-        Claims the next number, uploads each file (create-if-absent), then creates the
-        manifest. If anything fails before the manifest exists, the files written so far
-        are deleted again and the error is raised.
-
-        Args:
-            model: the model's name.
-            files_dir: local folder with the version's files (sub-folders kept).
-            metadata: JSON-serialisable facts about the version; ``run_id`` and
-                ``created_by`` are also copied to the manifest's top level.
+        See ``versions.register``: the number is claimed, the files created, the manifest
+        written last; on failure what was written is removed again.
 
         Returns:
             The manifest (with ``uri``, the version's location).
         """
-        _check_name("model", model)
-        if not os.path.isdir(files_dir):
-            raise SearchtuneError(f"{files_dir}: not a folder")
-        files = []
-        for path in storage.list_prefix(files_dir):
-            rel = storage.relative(path, files_dir)
-            if rel in (MANIFEST, CLAIM):
-                raise SearchtuneError(f"{path}: '{rel}' is a name the registry reserves")
-            files.append({"path": rel, "size": os.path.getsize(path), "sha256": _sha256(path)})
-        if not files:
-            raise SearchtuneError(f"{files_dir}: no files to register")
-        created_by = str(metadata.get("created_by") or default_actor())
-        run_id = str(metadata.get("run_id") or "")
-        number, _ = self._claim(model, created_by, run_id)
-        version_uri = self._version_uri(model, number)
-        total = sum(f["size"] for f in files)
-        log.info("registering %s v%d: %d files, %.1f MB -> %s", model, number, len(files), total / 1e6, version_uri)
-        written = [storage.join(version_uri, CLAIM)]
-        try:
-            for index, entry in enumerate(files, 1):
-                target = storage.join(version_uri, entry["path"])
-                log.debug("uploading %s (%d/%d, %d bytes)", entry["path"], index, len(files), entry["size"])
-                storage.create_file(os.path.join(files_dir, *entry["path"].split("/")), target)
-                written.append(target)
-            manifest = {
-                "format": 1,
-                "model": model,
-                "version": number,
-                "created_at": _now(),
-                "created_by": created_by,
-                "run_id": run_id,
-                "files": files,
-                "metadata": metadata,
-            }
-            storage.create_bytes(storage.join(version_uri, MANIFEST), _dumps(manifest))
-        except BaseException:
-            log.error("registering %s v%d failed; removing the %d object(s) written", model, number, len(written))
-            self._discard(version_uri, written)
-            raise
-        log.info("registered %s v%d (%d files) at %s", model, number, len(files), version_uri)
-        return {**manifest, "uri": version_uri}
-
-    def _discard(self, version_uri: str, written: list[str]) -> None:
-        for uri in reversed(written):  # CLAIM last, so the number stays reserved until the end
-            try:
-                storage.delete(uri)
-            except SearchtuneError as error:
-                log.warning("could not remove %s: %s", uri, error)
-        if not storage.is_gcs(version_uri):
-            shutil.rmtree(version_uri, ignore_errors=True)
+        return versions.register(self.layout, model, files_dir, metadata)
 
     # ------------------------------------------------------------------ aliases
 
-    def _read_alias(self, model: str, alias: str) -> tuple[dict | None, bytes | None, storage.Generation | None]:
-        uri = self._alias_uri(model, alias)
-        data, generation = storage.read_with_generation(uri)
-        if data is None:
-            return None, None, None
-        try:
-            return json.loads(data), data, generation
-        except json.JSONDecodeError as error:
-            raise SearchtuneError(f"{uri}: not valid JSON ({error})") from None
-
     def alias(self, model: str, alias: str = PRODUCTION) -> dict | None:
-        """The alias record ``{version, previous_version, moved_at, moved_by, run_id, reason, seq}`` or None."""
-        return self._read_alias(model, alias)[0]
+        """The alias record ``{version, previous_version, moved_at, moved_by, run_id, reason, seq}`` or None.
 
-    def _record_history(self, model: str, alias: str, record: dict) -> None:
-        """Create history/<alias>/<seq>.json from an alias record (no-op if already there)."""
-        try:
-            storage.create_bytes(self._history_uri(model, alias, record["seq"]), _dumps(record))
-        except storage.PreconditionFailed:
-            existing = json.loads(storage.read_bytes(self._history_uri(model, alias, record["seq"])))
-            if existing != record:
-                log.warning("alias history %s/%s #%d differs from the alias record", model, alias, record["seq"])
+        Raises:
+            SearchtuneError: the alias object exists but cannot be read (says how to repair).
+        """
+        state = aliases.read(self.layout, model, alias)
+        if state.problem:
+            raise aliases.unreadable(self.layout, model, alias, state)
+        return state.record
 
     def move_alias(self, model: str, version: int, *, expected: int | None, actor: str, reason: str,
-                   run_id: str = "", alias: str = PRODUCTION) -> dict:
+                   run_id: str = "", alias: str = PRODUCTION, repair: bool = False) -> dict:
         """Point ``alias`` at ``version`` if it still points at ``expected`` (compare-and-swap).
 
         Args:
             model: the model's name.
             version: the version to point at; it must be visible.
-            expected: the version the caller believes the alias points at now; None when
-                it believes there is no such alias yet.
+            expected: the version the caller believes the alias points at now; None when it
+                believes there is no such alias yet.
             actor: who moves it (recorded).
             reason: why (recorded).
             run_id: the pipeline run that moves it, if any (recorded).
             alias: the alias name.
+            repair: replace an unreadable alias record (``expected`` is then not compared).
 
         Returns:
             The new alias record.
 
         Raises:
             AliasConflict: the alias points elsewhere than ``expected``; ``.current`` says where.
-            SearchtuneError: the version does not exist or the alias already points at it.
+            SearchtuneError: the version does not exist, the alias already points at it, or
+                the alias record cannot be read and ``repair`` is not set.
         """
         version = self.resolve(model, version)
-        current, _raw, generation = self._read_alias(model, alias)
-        if current is not None:
-            self._record_history(model, alias, current)  # repair a mover that died before writing it
-        current_version = None if current is None else int(current["version"])
-        if current_version != expected:
-            raise AliasConflict(
-                f"{model}@{alias} points at {_v(current_version)}, not {_v(expected)} as expected; "
-                "it was moved by someone else", current)
-        if current_version == version:
-            raise SearchtuneError(f"{model}@{alias} already points at v{version}")
-        record = {
-            "alias": alias,
-            "model": model,
-            "version": version,
-            "previous_version": current_version,
-            "moved_at": _now(),
-            "moved_by": actor,
-            "run_id": run_id,
-            "reason": reason,
-            "seq": (current or {}).get("seq", 0) + 1,
-        }
-        data = _dumps(record)
-        try:
-            storage.write_if_generation_matches(self._alias_uri(model, alias), data, generation)
-        except storage.PreconditionFailed:
-            now, now_raw, _ = self._read_alias(model, alias)
-            if now_raw != data:  # unless a retried request of ours is what landed
-                moved_to = None if now is None else int(now["version"])
-                raise AliasConflict(f"{model}@{alias} moved to {_v(moved_to)} while being moved to v{version}",
-                                    now) from None
-        self._record_history(model, alias, record)
-        log.info("%s@%s: %s -> v%d by %s (%s)", model, alias, _v(current_version), version, actor, reason)
-        return record
+        state = aliases.read(self.layout, model, alias)
+        return aliases.move(self.layout, model, alias, state, version, expected=expected, actor=actor, reason=reason,
+                            run_id=run_id, repair=repair)
 
-    def promote(self, model: str, version: int | str, actor: str, reason: str, run_id: str = "") -> dict:
+    def promote(self, model: str, version: int | str, actor: str, reason: str, run_id: str = "",
+                repair: bool = False) -> dict:
         """Point ``production`` at ``version``, whatever it points at now (still compare-and-swap).
 
         Args:
@@ -481,44 +220,84 @@ class ModelRegistry:
             actor: who promotes (recorded).
             reason: why (recorded).
             run_id: the pipeline run, if any.
+            repair: replace the alias record even if it cannot be read (history is kept).
         """
-        current = self.alias(model, PRODUCTION)
-        expected = None if current is None else int(current["version"])
-        return self.move_alias(model, self.resolve(model, version), expected=expected, actor=actor,
-                               reason=reason, run_id=run_id)
+        state = aliases.read(self.layout, model, PRODUCTION)
+        if state.problem and not repair:
+            raise aliases.unreadable(self.layout, model, PRODUCTION, state)
+        return aliases.move(self.layout, model, PRODUCTION, state, self.resolve(model, version), expected=state.version,
+                            actor=actor, reason=reason, run_id=run_id, repair=repair)
 
-    def rollback(self, model: str, actor: str, reason: str) -> dict:
+    def rollback(self, model: str, actor: str, reason: str, repair: bool = False) -> dict:
         """Point ``production`` back at the version it pointed at before its last move.
 
-        Rolling back twice returns to where it started (like ``kubectl rollout undo``);
-        use ``promote`` to choose any version.
+        Rolling back twice returns to where it started (like ``kubectl rollout undo``); use
+        ``promote`` to choose any version. With ``repair``, an unreadable alias record is
+        replaced, and the target comes from the last readable history record.
 
         Args:
             model: the model's name.
             actor: who rolls back (recorded).
             reason: why (recorded).
+            repair: allow replacing an unreadable alias record.
         """
-        current = self.alias(model, PRODUCTION)
-        if current is None:
-            raise SearchtuneError(f"model '{model}' has no production alias to roll back")
-        previous = current.get("previous_version")
-        if previous is None:
-            raise SearchtuneError(f"{model}@production (v{current['version']}) has no earlier target to roll back to")
-        return self.move_alias(model, int(previous), expected=int(current["version"]), actor=actor,
-                               reason=reason or "rollback")
+        state = aliases.read(self.layout, model, PRODUCTION)
+        if state.problem and not repair:
+            raise aliases.unreadable(self.layout, model, PRODUCTION, state)
+        target, expected = aliases.rollback_target(self.layout, model, PRODUCTION, state)
+        return aliases.move(self.layout, model, PRODUCTION, state, self.resolve(model, target), expected=expected,
+                            actor=actor, reason=reason or "rollback", repair=repair)
 
     def alias_history(self, model: str, alias: str = PRODUCTION) -> list[dict]:
-        """Every move of ``alias``, oldest first (including the current record)."""
-        history_uri = storage.join(self._model_uri(model), "aliases", "history", _check_name("alias", alias))
-        records = {}
-        for uri in storage.list_prefix(history_uri):
-            record = json.loads(storage.read_bytes(uri))
-            records[int(record["seq"])] = record
-        current = self.alias(model, alias)
-        if current is not None:
-            records.setdefault(int(current["seq"]), current)
-        return [records[seq] for seq in sorted(records)]
+        """Every move of ``alias``, oldest first (including the current record when readable)."""
+        return aliases.history(self.layout, model, check_name("alias", alias))
 
+    # ------------------------------------------------------------------ checks and the candidates log
 
-def _v(version: int | None) -> str:
-    return "nothing" if version is None else f"v{version}"
+    def check_writable(self, model: str | None = None) -> None:
+        """Raise a one-line error unless the root can be listed, written, read and cleaned up.
+
+        Leaves nothing behind that a reader sees (see ``probe``). With ``model``, also
+        requires its aliases to be readable and to point at existing versions.
+        """
+        probe.check_writable(self.layout, model)
+
+    def verify(self, model: str, ref: int | str | None = None) -> verification.Report:
+        """Check every visible version and alias of ``model`` (or one ref), reading every byte.
+
+        Args:
+            model: the model's name.
+            ref: None for everything; a version (``3``, ``"v3"``, ``"latest"``) checks that
+                version; an alias checks the alias, its history and the version it points at.
+
+        Raises:
+            SearchtuneError: ``ref`` names no version or alias.
+        """
+        if ref is None:
+            return verification.verify(self.layout, model)
+        text = str(ref).strip()
+        if VERSION_REF.match(text) or text == "latest":
+            return verification.verify(self.layout, model, [self.resolve(model, text)], [])
+        state = aliases.read(self.layout, model, text)
+        if state.raw is None:
+            raise SearchtuneError(f"model '{model}' has no alias '{text}'; {self._describe_refs(model)}")
+        visible = versions.numbers_in_use(self.layout, model)[1]
+        return verification.verify(self.layout, model, [state.version] if state.version in visible else [], [text])
+
+    def record_candidate(self, model: str, record: dict) -> dict:
+        """Append a blessed or refused candidate to ``<model>/candidates/`` (never overwrites).
+
+        Args:
+            model: the model's name.
+            record: needs ``run_id`` (str) and ``blessed`` (bool); ``created_at``,
+                ``reason``, ``gate_metric``, ``value``, ``low``, ``high`` are shown by
+                ``searchtune models candidates`` when present.
+
+        Returns:
+            The stored record plus ``uri``.
+        """
+        return candidates.record(self.layout, check_name("model", model), record)
+
+    def candidates(self, model: str, limit: int | None = 20) -> list[dict]:
+        """The newest ``limit`` candidate records of ``model`` (all when None), newest first."""
+        return candidates.read(self.layout, model, limit)
