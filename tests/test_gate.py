@@ -38,6 +38,7 @@ def test_a_tuned_candidate_is_blessed_with_every_number_in_the_record():
     assert decision.blessed and decision.decided_by == "all"
     assert decision.reason.startswith("query-grouped AUC 0.")
     assert ">= min_auc 0.600" in decision.reason and "beats untuned base by +" in decision.reason
+    assert decision.reason.endswith("; no production model to compare with")
     assert [c.status for c in decision.clauses] == ["passed", "passed", "passed", "skipped", "skipped", "skipped"]
     beat = clause(decision, "beats_base")
     assert beat.low > 0 and beat.low <= beat.value <= beat.high and beat.share_candidate_worse == 0.0

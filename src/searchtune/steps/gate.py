@@ -45,6 +45,7 @@ Defaults, and why:
 
 from __future__ import annotations
 
+import datetime as _dt
 import math
 from typing import Literal
 
@@ -105,6 +106,7 @@ class GateDecision(BaseModel):
     clauses: list[Clause]
     rule: GateRule
     statistics: StatsResult
+    decided_at: str
 
 
 def decide(statistics: StatsResult, rule: GateRule, *, production_label: str = "production model") -> GateDecision:
@@ -142,13 +144,16 @@ def decide(statistics: StatsResult, rule: GateRule, *, production_label: str = "
     clauses += _production(statistics, rule, metric, production_label)
     failed = [c for c in clauses if c.status == "failed"]
     blessed = not failed
-    # A blessing's reason is the numbers that earned it; the split's size stays in the clauses.
-    shown = [c for c in clauses if c.status == "passed" and c.name != "test_split"] if blessed else failed
+    # A blessing's reason is the numbers that earned it (the split's size stays in the
+    # clauses), and says so when there was no production model to hold it against.
+    shown = [c for c in clauses if (c.status == "passed" and c.name != "test_split")
+             or (c.name == "non_inferior_to_production" and c.status == "skipped")] if blessed else failed
     reason = "; ".join(c.text for c in shown)
     if failed and failed[0].name not in ("test_split", "min_auc"):
         reason = f"{label}: {reason}"  # the comparison texts do not name the metric
     return GateDecision(blessed=blessed, reason=reason, decided_by=failed[0].name if failed else "all",
-                        clauses=clauses, rule=rule, statistics=statistics)
+                        clauses=clauses, rule=rule, statistics=statistics,
+                        decided_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 
 
 def _test_split(stats: StatsResult, rule: GateRule) -> Clause:
@@ -197,14 +202,14 @@ def _compare(stats: StatsResult, model: str, metric: str, name: str, who: str, *
              verb_pass: str, verb_fail: str) -> Clause:
     """A clause on the lower bound of (candidate - model): above ``threshold`` (``strict``) or at least it."""
     if stats.candidate in stats.unscored:
-        return Clause(name=name, status="failed", text=f"the candidate could not be scored; cannot compare with the {who}")
+        return Clause(name=name, status="failed", text=f"the candidate could not be scored; cannot compare with {who}")
     if model in stats.unscored:
-        return Clause(name=name, status="failed", text=f"the {who} could not be scored ({stats.unscored[model]}); failing closed")
+        return Clause(name=name, status="failed", text=f"{who} could not be scored ({stats.unscored[model]}); failing closed")
     if model not in stats.models:
         return Clause(name=name, status="failed", text=f"no {who} scores on the test rows; failing closed")
     diff: Difference | None = stats.difference(model, metric)
     if diff is None or diff.difference is None or diff.low is None or diff.high is None:
-        return Clause(name=name, status="failed", text=f"the difference from the {who} could not be computed; cannot decide")
+        return Clause(name=name, status="failed", text=f"the difference from {who} could not be computed; cannot decide")
     passed = diff.low > threshold if strict else diff.low >= threshold
     numbers = f"{_interval(diff.difference, diff.low, diff.high, signed=True)}"
     if passed:
