@@ -134,3 +134,4 @@ def test_two_repairs_at_once_replace_the_broken_record_once(three_versions, tmp_
     won = [o["won"] for o in outcomes if "won" in o]
     assert len(history) == 2 + len(won)
     assert [o["lost_to"] for o in outcomes if "lost_to" in o] in ([], [repaired[0]["version"]])
+    print(f"repair race: {outcomes}")
