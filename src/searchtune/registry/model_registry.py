@@ -5,7 +5,9 @@ The class is the registry's one entry point; the work is done by the modules nex
 manifest is written last), ``aliases`` (compare-and-swap moves, history, repair of an
 unreadable record), ``candidates`` (the log of blessed and refused candidates),
 ``verify`` (checksums, manifests, aliases) and ``probe`` (is the root usable at all).
-Their docstrings state the guarantees.
+Their docstrings state the guarantees. This module runs past 300 lines because it is the
+registry's documented public surface: most of it is the methods' docstrings, each method
+a few lines handing over to one of those modules.
 """
 
 from __future__ import annotations
@@ -145,6 +147,14 @@ class ModelRegistry:
         ``dest`` is either complete or not there (see ``versions.fetch``); it must not
         exist or be an empty folder.
 
+        Args:
+            model: the model's name.
+            ref: version number, ``"latest"`` or an alias.
+            dest: local folder to create.
+
+        Returns:
+            ``dest``.
+
         Raises:
             SearchtuneError: a file's size or SHA-256 differs from the manifest (naming it),
                 or ``dest`` is a non-empty folder.
@@ -164,6 +174,12 @@ class ModelRegistry:
         See ``versions.register``: the number is claimed, the files created, the manifest
         written last; on failure what was written is removed again.
 
+        Args:
+            model: the model's name.
+            files_dir: local folder with the version's files (sub-folders kept).
+            metadata: JSON-serialisable facts; ``run_id`` and ``created_by`` also go to the
+                manifest's top level.
+
         Returns:
             The manifest (with ``uri``, the version's location).
         """
@@ -173,6 +189,10 @@ class ModelRegistry:
 
     def alias(self, model: str, alias: str = PRODUCTION) -> dict | None:
         """The alias record ``{version, previous_version, moved_at, moved_by, run_id, reason, seq}`` or None.
+
+        Args:
+            model: the model's name.
+            alias: the alias name.
 
         Raises:
             SearchtuneError: the alias object exists but cannot be read (says how to repair).
@@ -257,8 +277,14 @@ class ModelRegistry:
     def check_writable(self, model: str | None = None) -> None:
         """Raise a one-line error unless the root can be listed, written, read and cleaned up.
 
-        Leaves nothing behind that a reader sees (see ``probe``). With ``model``, also
-        requires its aliases to be readable and to point at existing versions.
+        Leaves nothing behind that a reader sees (see ``probe``).
+
+        Args:
+            model: if given, also require its aliases to be readable and to point at
+                existing versions (what evaluation and registration rely on).
+
+        Raises:
+            SearchtuneError: one line naming the root (bucket), what failed and what to fix.
         """
         probe.check_writable(self.layout, model)
 
