@@ -63,27 +63,30 @@ def sample_file(sample_frame, tmp_path_factory) -> str:
 
 @_pytest.fixture(scope="session")
 def splits_dir(sample_file, tmp_path_factory) -> str:
+    from searchtune.params import IngestParams
     from searchtune.steps import ingest
 
     out = tmp_path_factory.mktemp("splits")
-    ingest.ingest(sample_file, str(out), ingest.ColumnMapping(text=("product_title", "brand")))
+    ingest.ingest(str(out), IngestParams(data=sample_file))
     return str(out)
 
 
 @_pytest.fixture(scope="session")
 def tokenized_dir(splits_dir, tmp_path_factory) -> str:
+    from searchtune.params import ModelParams
     from searchtune.steps import tokenize
 
     out = tmp_path_factory.mktemp("tokenized")
-    tokenize.tokenize(splits_dir, str(out), base_model="", architecture="bi-encoder", max_length=32)
+    tokenize.tokenize(splits_dir, str(out), ModelParams(max_length=32))
     return str(out)
 
 
 @_pytest.fixture(scope="session")
 def trained_model_dir(tokenized_dir, tmp_path_factory) -> str:
     """A real (tiny) LoRA bi-encoder: 1 epoch on 256 rows."""
+    from searchtune.params import TrainParams
     from searchtune.steps import finetune
 
     out = tmp_path_factory.mktemp("model")
-    finetune.finetune(tokenized_dir, str(out), finetune.TrainConfig(epochs=1, max_train_rows=256, batch_size=32))
+    finetune.finetune(tokenized_dir, str(out), TrainParams(max_length=32, epochs=1, max_train_rows=256, batch_size=32))
     return str(out)

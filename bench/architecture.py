@@ -15,8 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from searchtune import logs
-from searchtune.ml import metrics, modeling, scoring
+from searchtune import logs, params
+from searchtune.ml import modeling, scoring
+from searchtune.ml.stats import compute_statistics
+from searchtune.params import IngestParams, ModelParams, TrainParams
 from searchtune.steps import finetune, ingest, tokenize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,19 +31,19 @@ def main() -> int:
     args = parser.parse_args()
     logs.setup()
     work = Path(tempfile.mkdtemp(prefix="searchtune-architecture-"))
-    mapping = ingest.ColumnMapping(query="search_term", text=("product_title",), label="relevance", positive_threshold=2.5)
-    ingest.ingest(str(DATA), str(work / "splits"), mapping)
+    ingest.ingest(str(work / "splits"), IngestParams(data=str(DATA), text_columns="product_title"))
     test = ingest.read_split(str(work / "splits"), "test")
     results = {"command": "python bench/architecture.py " + " ".join(sys.argv[1:]),
                "budget": f"{args.rows} train rows, 1 epoch, LoRA r16, learning rate 5e-4, batch 32, CPU", "test_rows": len(test)}
-    for architecture in modeling.ARCHITECTURES:
-        tokenize.tokenize(str(work / "splits"), str(work / f"tok-{architecture}"), "", architecture, 64)
+    for architecture in params.ARCHITECTURES:
+        tokenize.tokenize(str(work / "splits"), str(work / f"tok-{architecture}"), ModelParams(architecture=architecture))
         started = time.time()
         trained = finetune.finetune(str(work / f"tok-{architecture}"), str(work / f"model-{architecture}"),
-                                    finetune.TrainConfig(architecture=architecture, epochs=1, max_train_rows=args.rows))
+                                    TrainParams(architecture=architecture, epochs=1, max_train_rows=args.rows))
         model, tokenizer, _ = modeling.load_trained_model(str(work / f"model-{architecture}"))
         scores = scoring.score_frame(model, tokenizer, architecture, 64, test)
-        results[architecture] = {"test": metrics.ranking_metrics(test, scores), "validation_auc": trained["best_validation_auc"],
+        results[architecture] = {"test": compute_statistics(test["query_group"], test["label"], {"candidate": scores}, gains=test["target"],
+                                                                     logit_models={"candidate"}).models["candidate"], "validation_auc": trained.best_validation_auc,
                                  "seconds": round(time.time() - started, 1)}
         print(architecture, results[architecture]["test"]["roc_auc"], flush=True)
     out = ROOT / "bench" / "results" / "architecture_home_depot.json"

@@ -12,7 +12,6 @@ Several configs ran at once as separate processes (the GPU was far from busy: th
 Python loop, not the GPU, limits a 22M-parameter model at batch 32).
 """
 
-import dataclasses
 import json
 import os
 import sys
@@ -20,35 +19,28 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from searchtune import logs
-from searchtune.ml import batching, modeling  # noqa: E402
-from searchtune.steps import evaluate, finetune, ingest
-
-
-def parse(value: str, kind):
-    if kind in (bool, "bool"):
-        return value.lower() in ("1", "true", "yes")
-    if kind in (int, "int"):
-        return int(value)
-    if kind in (float, "float"):
-        return float(value)
-    return value
+from searchtune import logs, params  # noqa: E402
+from searchtune.ml import batching, modeling, scoring  # noqa: E402
+from searchtune.ml.stats import compute_statistics  # noqa: E402
+from searchtune.params import TrainParams  # noqa: E402
+from searchtune.steps import finetune, ingest  # noqa: E402
 
 
 def main() -> int:
     logs.setup()
     base, splits, tokenized, name, *pairs = sys.argv[1:]
-    types = {f.name: f.type for f in dataclasses.fields(finetune.TrainConfig)}
-    params = {k: parse(v, types[k]) for k, v in (p.split("=", 1) for p in pairs)}
-    config = finetune.TrainConfig(base_model=base, **params)
+    values = dict(p.split("=", 1) for p in pairs)
+    config = params.parse(TrainParams, {"base_model": base, **values})  # pydantic types the text
     started = time.time()
     trained = finetune.finetune(tokenized, f"/tmp/model_{name}", config)
-    model, tokenizer, model_config = modeling.load_trained_model(f"/tmp/model_{name}")
+    model, tokenizer, record = modeling.load_trained_model(f"/tmp/model_{name}")
     model.to(batching.pick_device())
     test = ingest.read_split(splits, "test")
-    metrics = evaluate.ranking_metrics(test, evaluate.score_frame(model, tokenizer, model_config["architecture"], 64, test))
-    print(json.dumps({"name": name, "config": params, "test": metrics, "epochs": trained["epochs"],
-                      "best_epoch": trained["best_epoch"], "wall_seconds": round(time.time() - started, 1)}))
+    scores = scoring.score_frame(model, tokenizer, record.architecture, 64, test)
+    test_metrics = compute_statistics(test["query_group"], test["label"], {"candidate": scores}, gains=test["target"],
+                                      logit_models={"candidate"}).model_dump()["models"]["candidate"]
+    print(json.dumps({"name": name, "config": values, "test": test_metrics, "epochs": [e.model_dump() for e in trained.epochs],
+                      "best_epoch": trained.best_epoch, "wall_seconds": round(time.time() - started, 1)}))
     return 0
 
 

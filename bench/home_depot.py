@@ -52,8 +52,10 @@ def main() -> int:
     subprocess.run(command, cwd=ROOT, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     wall = time.time() - started
     runs = ROOT / ".searchtune" / "home-depot-runs"
-    run_dir = max(runs.iterdir(), key=lambda p: p.stat().st_mtime)
+    run_root = max(runs.iterdir(), key=lambda p: p.stat().st_mtime)  # each run owns one folder
+    (run_dir,) = [d for d in run_root.iterdir() if d.is_dir()]
     evaluation = json.loads((run_dir / "evaluate" / "evaluation" / "evaluation.json").read_text())
+    metrics = evaluation["models"]
     splits = run_dir / "ingest" / "splits"
     train, test = ingest.read_split(str(splits), "train"), ingest.read_split(str(splits), "test")
     tfidf = tfidf_scores(train["query"].tolist() + train["product_text"].tolist(), test["query"].tolist(), test["product_text"].tolist())
@@ -67,16 +69,16 @@ def main() -> int:
         "training_seconds": model["training_seconds"],
         "test_rows": evaluation["test_rows"],
         "test_roc_auc": {
-            "candidate": evaluation["candidate"]["roc_auc"],
-            "untuned_base_cosine": evaluation["untuned_base"]["roc_auc"],
+            "candidate": metrics["candidate"]["roc_auc"],
+            "untuned_base_cosine": metrics["untuned_base"]["roc_auc"],
             "tfidf_cosine": round(float(roc_auc_score(test["label"], tfidf)), 5),
         },
-        "candidate": evaluation["candidate"],
-        "untuned_base": evaluation["untuned_base"],
+        "candidate": metrics["candidate"],
+        "untuned_base": metrics["untuned_base"],
         "epochs": model["epochs"],
         "best_epoch": model["best_epoch"],
         "architecture": model["architecture"],
-        "lora": model["lora"],
+        "lora_r": model["lora_r"],
         "blessing": evaluation["blessing"]["reason"],
     }
     out = ROOT / "bench" / "results" / "home_depot.json"

@@ -31,6 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from searchtune.data import sample_data
 from searchtune.ml import batching, modeling, tokens
+from searchtune.params import IngestParams, TrainParams
 from searchtune.steps import (
     finetune,
     ingest,  # noqa: E402
@@ -44,7 +45,7 @@ PLAIN_LENGTH = 128
 def load_rows(data: str | None, rows: int) -> tuple[list[str], list[str], np.ndarray, str]:
     if data is None:
         data = str(HOME_DEPOT.resolve()) if HOME_DEPOT.exists() else sample_data.default_sample_path()
-    mapping = ingest.ColumnMapping(text=("product_title",))
+    mapping = IngestParams(text_columns="product_title")
     raw, _ = ingest.read_sources(data, mapping)
     clean, _ = ingest.validate(raw, mapping)
     clean = clean.sample(n=min(rows, len(clean)), random_state=0)
@@ -63,7 +64,7 @@ def searchtune_round(queries, texts, labels, steps: int, base: str, tokenizer, s
     columns, _ = tokens.encode_pairs(tokenizer, "bi-encoder", queries, texts, max_length=64)
     tokenize_seconds = time.perf_counter() - started
     split = batching.TokenizedSplit(columns, labels)
-    model = modeling.build_model("bi-encoder", base, lora_r=16, lora_alpha=32, lora_dropout=0.1)
+    model = modeling.build_model(TrainParams(lora_r=16), base)
     model.train()
     optimizer, scheduler = optimizer_for(model, 5e-4, steps)
     batches = batching.length_grouped_batches(split.lengths, BATCH, np.random.default_rng(seed))[:steps]
@@ -84,7 +85,7 @@ def searchtune_round(queries, texts, labels, steps: int, base: str, tokenizer, s
 
 
 def plain_round(queries, texts, labels, steps: int, base: str, tokenizer, seed: int) -> dict:
-    model = modeling.build_model("bi-encoder", base, lora_r=0, lora_alpha=0, lora_dropout=0.0)
+    model = modeling.build_model(TrainParams(lora_r=0), base)
     model.train()
     optimizer, scheduler = optimizer_for(model, 2e-5, steps)
     order = np.random.default_rng(seed).permutation(len(queries))

@@ -1,22 +1,38 @@
-"""The retraining DAG: ingest -> tokenize -> fine-tune -> evaluate -> [blessed] -> register.
+"""The retraining DAG: preflight -> ingest -> tokenize -> fine-tune -> champion -> evaluate -> register if blessed,
+else record the refusal.
 
 Each step's code is one hop away: the component in ``components/<step>/component.py``,
-which calls the step function in ``src/searchtune/<step>.py``. The same pipeline runs
-locally under ``kfp.local`` (``searchtune run``) and on a cluster (``searchtune compile``
-/ ``searchtune submit``); cluster-only settings (images, GPU, node selector...) are applied
-by ``searchtune.cluster.configure_tasks`` from the settings given at compile time.
+which calls the step function in ``src/searchtune/steps/<step>.py``. The parameters, their
+defaults and their descriptions (the KFP UI's run form) come from ``searchtune.params``;
+each step receives its own group of them. The same pipeline runs locally under
+``kfp.local`` (``searchtune run``) and on a cluster (``searchtune compile`` / ``submit``);
+cluster-only settings (images, GPU, node selector...) are applied by
+``searchtune.orchestration.cluster.configure_tasks`` from the settings given at compile time.
+
+Caching (on a cluster; local runs do not cache): preflight, champion, evaluate, register and
+the refusal record read or write state outside the pipeline (the input files, the registry) and are never
+cached. Ingest is cached on its arguments, which include the preflight's ``data_version``
+(a digest of the input files' names, sizes and versions): new files behind an unchanged
+``data`` location are ingested again, unchanged ones are not, and tokenize and fine-tune
+are then cached on ingest's output.
 """
 
 from kfp import dsl
+from searchtune.components.champion.component import champion
 from searchtune.components.evaluate.component import evaluate
 from searchtune.components.finetune.component import finetune
 from searchtune.components.ingest.component import ingest
+from searchtune.components.preflight.component import preflight
+from searchtune.components.refusal.component import record_refusal
 from searchtune.components.register.component import register
 from searchtune.components.tokenize.component import tokenize
 
+from searchtune import params
 from searchtune.orchestration.cluster import ClusterSettings, configure_tasks
+from searchtune.params import GateParams, IngestParams, ModelParams, RunParameters, TrainParams
 
 PIPELINE_NAME = "searchtune-retraining"
+DEFAULTS = RunParameters()
 
 
 def build_pipeline(settings: ClusterSettings | None = None):
@@ -25,75 +41,83 @@ def build_pipeline(settings: ClusterSettings | None = None):
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
-        description="Retrain a search-relevance model: ingest, tokenize, LoRA fine-tune, evaluate, gate on AUC, register.",
+        description="Retrain a search-relevance model: ingest, tokenize, LoRA fine-tune, evaluate, gate, register.",
     )
+    @params.documented("Retrain, evaluate, gate and register a search-relevance model.", RunParameters)
     def retraining_pipeline(
-        data: str = "",
-        query_column: str = "search_term",
-        text_columns: str = "product_title,brand",
-        label_column: str = "relevance",
-        positive_threshold: float = 2.5,
-        binary_labels: bool = False,
-        label_min: float = 1.0,
-        label_max: float = 3.0,
-        max_reject_ratio: float = 0.05,
-        base_model: str = "",
-        architecture: str = "bi-encoder",
-        max_length: int = 64,
-        epochs: int = 3,
-        batch_size: int = 32,
-        learning_rate: float = 5e-4,
-        lora_r: int = 16,
-        patience: int = 1,
-        max_train_rows: int = 0,
-        seed: int = 13,
-        min_auc: float = 0.6,
-        max_auc_drop: float = 0.0,
-        registry_root: str = "",
-        model_name: str = "searchtune-relevance",
-        checkpoint_root: str = "",
+        # Required: a run without a registry would train for nothing.
+        registry_root: str,
+        data: str = DEFAULTS.data,
+        query_column: str = DEFAULTS.query_column,
+        text_columns: str = DEFAULTS.text_columns,
+        label_column: str = DEFAULTS.label_column,
+        positive_threshold: float = DEFAULTS.positive_threshold,
+        binary_labels: bool = DEFAULTS.binary_labels,
+        label_min: float = DEFAULTS.label_min,
+        label_max: float = DEFAULTS.label_max,
+        max_reject_ratio: float = DEFAULTS.max_reject_ratio,
+        base_model: str = DEFAULTS.base_model,
+        architecture: str = DEFAULTS.architecture,
+        max_length: int = DEFAULTS.max_length,
+        epochs: int = DEFAULTS.epochs,
+        batch_size: int = DEFAULTS.batch_size,
+        learning_rate: float = DEFAULTS.learning_rate,
+        head_learning_rate: float = DEFAULTS.head_learning_rate,
+        weight_decay: float = DEFAULTS.weight_decay,
+        warmup_ratio: float = DEFAULTS.warmup_ratio,
+        lora_r: int = DEFAULTS.lora_r,
+        lora_alpha: int = DEFAULTS.lora_alpha,
+        lora_dropout: float = DEFAULTS.lora_dropout,
+        lora_targets: str = DEFAULTS.lora_targets,
+        patience: int = DEFAULTS.patience,
+        max_train_rows: int = DEFAULTS.max_train_rows,
+        seed: int = DEFAULTS.seed,
+        graded_targets: bool = DEFAULTS.graded_targets,
+        precision: str = DEFAULTS.precision,
+        checkpoint_every_steps: int = DEFAULTS.checkpoint_every_steps,
+        gate_metric: str = DEFAULTS.gate_metric,
+        min_auc: float = DEFAULTS.min_auc,
+        require_beat_base: bool = DEFAULTS.require_beat_base,
+        require_beat_lexical: bool = DEFAULTS.require_beat_lexical,
+        max_auc_drop: float = DEFAULTS.max_auc_drop,
+        require_improvement: bool = DEFAULTS.require_improvement,
+        min_auc_gain: float = DEFAULTS.min_auc_gain,
+        confidence: float = DEFAULTS.confidence,
+        min_test_queries: int = DEFAULTS.min_test_queries,
+        bootstrap_resamples: int = DEFAULTS.bootstrap_resamples,
+        model_name: str = DEFAULTS.model_name,
+        checkpoint_root: str = DEFAULTS.checkpoint_root,
     ):
+        run_parameters = params.select(RunParameters, locals())  # every run parameter by name (KFP channels here)
         run_id = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
-        ingest_task = ingest(
-            data=data, query_column=query_column, text_columns=text_columns, label_column=label_column,
-            positive_threshold=positive_threshold, binary_labels=binary_labels, label_min=label_min,
-            label_max=label_max, max_reject_ratio=max_reject_ratio,
-        )
-        tokenize_task = tokenize(
-            splits=ingest_task.outputs["splits"], base_model=base_model, architecture=architecture, max_length=max_length,
-        )
-        finetune_task = finetune(
-            tokenized=tokenize_task.outputs["tokenized"], base_model=base_model, architecture=architecture,
-            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, lora_r=lora_r, patience=patience,
-            max_train_rows=max_train_rows, seed=seed, checkpoint_root=checkpoint_root, run_id=run_id,
-        )
+        preflight_task = preflight(**run_parameters, run_id=run_id)
+        ingest_task = ingest(**params.select(IngestParams, run_parameters), data_version=preflight_task.outputs["Output"])
+        tokenize_task = tokenize(splits=ingest_task.outputs["splits"], **params.select(ModelParams, run_parameters))
+        finetune_task = finetune(tokenized=tokenize_task.outputs["tokenized"], **params.select(TrainParams, run_parameters),
+                                 checkpoint_root=checkpoint_root, run_id=run_id)
+        # Resolved after training, so the evaluation meets the production model of that moment.
+        champion_task = champion(registry_root=registry_root, model_name=model_name).after(finetune_task)
         evaluate_task = evaluate(
-            splits=ingest_task.outputs["splits"], model=finetune_task.outputs["model"], registry_root=registry_root,
-            model_name=model_name, min_auc=min_auc, max_auc_drop=max_auc_drop, run_id=run_id,
+            splits=ingest_task.outputs["splits"], model=finetune_task.outputs["model"],
+            champion=champion_task.outputs["champion"], **params.select(GateParams, run_parameters), run_id=run_id,
         )
         # The return value ("Output"): kfp.local resolves conditions on it, not on named outputs.
         with dsl.If(evaluate_task.outputs["Output"] == True, name="blessed"):  # noqa: E712 - KFP builds a condition from ==
             register_task = register(
                 model=finetune_task.outputs["model"], splits=ingest_task.outputs["splits"],
-                evaluation=evaluate_task.outputs["evaluation"], registry_root=registry_root, model_name=model_name,
-                run_id=run_id,
-                # An f-string of pipeline parameters is resolved by KFP at run time: the lineage
-                # records the values this run actually used.
-                parameters_json=(
-                    f'{{"data": "{data}", "base_model": "{base_model}", "architecture": "{architecture}", '
-                    f'"epochs": {epochs}, "learning_rate": {learning_rate}, "lora_r": {lora_r}, '
-                    f'"positive_threshold": {positive_threshold}, "min_auc": {min_auc}, "max_auc_drop": {max_auc_drop}}}'
-                ),
+                evaluation=evaluate_task.outputs["evaluation"], run=preflight_task.outputs["run"],
+                registry_root=registry_root, model_name=model_name,
             )
+        with dsl.Else(name="refused"):
+            refusal_task = record_refusal(evaluation=evaluate_task.outputs["evaluation"], run=preflight_task.outputs["run"],
+                                          registry_root=registry_root, model_name=model_name)
         configure_tasks(
             settings,
-            cpu_tasks=[ingest_task, tokenize_task, evaluate_task, register_task],
+            cpu_tasks=[preflight_task, ingest_task, tokenize_task, champion_task, evaluate_task, register_task, refusal_task],
             finetune_task=finetune_task,
         )
-        # Evaluate and register read and write the registry, which is outside KFP's cache
-        # key: a cached evaluation would judge against a champion that may have changed.
-        evaluate_task.set_caching_options(False)
-        register_task.set_caching_options(False)
+        for task in (preflight_task, champion_task, evaluate_task, register_task, refusal_task):
+            task.set_caching_options(False)
 
     return retraining_pipeline
 

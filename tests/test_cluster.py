@@ -10,6 +10,7 @@ import yaml
 from google.protobuf import json_format
 from kfp import compiler, components, dsl, local
 
+from searchtune.cli import cluster_flags
 from searchtune.errors import SearchtuneError
 from searchtune.orchestration import cluster, images
 from searchtune.orchestration.cluster import ClusterSettings, Toleration
@@ -171,8 +172,8 @@ def test_default_settings_run_under_kfp_local(tmp_path, monkeypatch):
 
 def parse(*argv: str) -> ClusterSettings:
     parser = argparse.ArgumentParser()
-    cluster.add_compile_arguments(parser)
-    return cluster.settings_from_args(parser.parse_args(list(argv)))
+    cluster_flags.add_compile_arguments(parser)
+    return cluster_flags.settings_from_args(parser.parse_args(list(argv)))
 
 
 def test_compile_arguments_build_the_settings():

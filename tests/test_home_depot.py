@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from searchtune.ml import metrics, scoring
-from searchtune.steps import ingest
+from searchtune.ml.stats import compute_statistics
+from searchtune.params import IngestParams
+from searchtune.steps import evaluate, ingest
 
 HOME_DEPOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "home_depot_search_relevance" / "train.parquet"
 
@@ -15,30 +16,30 @@ pytestmark = [
     pytest.mark.realdata,
     pytest.mark.skipif(not HOME_DEPOT.exists(), reason=f"real data not found at {HOME_DEPOT} (CI has it there)"),
 ]
-MAPPING = ingest.ColumnMapping(query="search_term", text=("product_title",), label="relevance", positive_threshold=2.5)
+PARAMS = IngestParams(data=str(HOME_DEPOT), text_columns="product_title")  # label: relevance >= 2.5
 
 
 @pytest.fixture(scope="module")
 def home_depot_splits(tmp_path_factory):
     out = tmp_path_factory.mktemp("home_depot")
-    return ingest.ingest(str(HOME_DEPOT), str(out), MAPPING), str(out)
+    return ingest.ingest(str(out), PARAMS), str(out)
 
 
 def test_ingest_reads_every_row_and_splits_by_query(home_depot_splits):
     stats, out = home_depot_splits
     raw = pd.read_parquet(HOME_DEPOT)
-    assert stats["rows_read"] == len(raw) == 74067 and stats["rows_rejected"] == 0
+    assert stats.rows_read == len(raw) == 74067 and stats.rows_rejected == 0
     expected_duplicates = len(raw) - len(raw.drop_duplicates(subset=["search_term", "product_title", "relevance"]))
-    assert stats["duplicates_dropped"] == expected_duplicates
+    assert stats.duplicates_dropped == expected_duplicates
     splits = {s: ingest.read_split(out, s) for s in ingest.SPLITS}
-    assert sum(len(f) for f in splits.values()) == stats["rows_kept"]
+    assert sum(len(f) for f in splits.values()) == stats.rows_kept
     positives = sum(int(f["label"].sum()) for f in splits.values())
     kept = raw.drop_duplicates(subset=["search_term", "product_title", "relevance"])
     assert positives == int((kept["relevance"] >= 2.5).sum())
     train_queries = set(splits["train"]["query_group"])
     assert not train_queries & set(splits["test"]["query_group"])
     assert not train_queries & set(splits["validation"]["query_group"])
-    assert 0.78 < stats["splits"]["train"]["rows"] / stats["rows_kept"] < 0.82
+    assert 0.78 < stats.splits["train"].rows / stats.rows_kept < 0.82
 
 
 def test_untuned_model_baseline_on_real_test_rows(home_depot_splits):
@@ -47,7 +48,11 @@ def test_untuned_model_baseline_on_real_test_rows(home_depot_splits):
     test, validation = ingest.read_split(out, "test"), ingest.read_split(out, "validation")
     from searchtune.ml import modeling
 
-    scores = scoring.score_untuned_base(modeling.resolve_base_model(""), 64, test, validation.sample(2000, random_state=0))
-    result = metrics.ranking_metrics(test, scores)
-    assert 0.65 < result["roc_auc"] < 0.72, result
-    assert np.isfinite(result["log_loss"]) and result["ndcg_queries"] > 900
+    scores = evaluate.score_untuned_base(modeling.resolve_base_model(""), 64, test, validation.sample(2000, random_state=0))
+    statistics = compute_statistics(test["query_group"], test["label"], {"base": scores}, gains=test["target"],
+                                    candidate="base", logit_models={"base"})
+    result = statistics.models["base"]
+    assert 0.65 < result["roc_auc"].value < 0.72, result
+    # Within queries the untuned model is barely above random (issue 15: 0.600 on these rows).
+    assert 0.55 < result["gauc"].value < 0.65, result
+    assert np.isfinite(result["log_loss"].value) and statistics.counts.queries_with_both_classes > 700

@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 
 from searchtune.errors import SearchtuneError
+from searchtune.params import IngestParams
 from searchtune.steps import ingest
 
-MAPPING = ingest.ColumnMapping(query="q", text=("title", "brand"), label="rel", positive_threshold=2.5)
+MAPPING = IngestParams(query_column="q", text_columns="title,brand", label_column="rel", positive_threshold=2.5)
 
 
 def judgements(n_queries: int = 60, per_query: int = 5, seed: int = 0) -> pd.DataFrame:
@@ -22,8 +23,9 @@ def judgements(n_queries: int = 60, per_query: int = 5, seed: int = 0) -> pd.Dat
     return pd.DataFrame(rows)
 
 
-def run(tmp_path, data, mapping=MAPPING, **kwargs):
-    return ingest.ingest(str(data), str(tmp_path / "out"), mapping, **kwargs)
+def run(tmp_path, data, mapping=MAPPING, out="out", **params):
+    """Ingest ``data`` into ``tmp_path/out`` with the column mapping and any other parameters."""
+    return ingest.ingest(str(tmp_path / out), mapping.model_copy(update={"data": str(data), **params}))
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl"])
@@ -33,16 +35,16 @@ def test_reads_each_format_and_writes_canonical_splits(tmp_path, suffix):
     {".csv": lambda: frame.to_csv(path, index=False), ".parquet": lambda: frame.to_parquet(path),
      ".jsonl": lambda: frame.to_json(path, orient="records", lines=True)}[suffix]()
     stats = run(tmp_path, path)
-    assert stats["rows_read"] == 300 and stats["rows_rejected"] == 0 and stats["rows_kept"] == 300
-    assert sum(s["rows"] for s in stats["splits"].values()) == 300
+    assert stats.rows_read == 300 and stats.rows_rejected == 0 and stats.rows_kept == 300
+    assert sum(s.rows for s in stats.splits.values()) == 300
     train = pd.read_parquet(tmp_path / "out" / "train.parquet")
     assert list(train.columns) == ingest.CANONICAL_COLUMNS
     assert train["product_text"].iloc[0].endswith(" | Brand0") or " | Brand" in train["product_text"].iloc[0]
     expected = (frame["rel"] >= 2.5).mean()
-    total_positive = sum(s["positive_rate"] * s["rows"] for s in stats["splits"].values())
+    total_positive = sum(s.positive_rate * s.rows for s in stats.splits.values())
     assert total_positive == pytest.approx(expected * 300, abs=0.01 * 300)
     on_disk = json.loads((tmp_path / "out" / "stats.json").read_text())
-    assert on_disk["fingerprint"] == stats["fingerprint"]
+    assert on_disk["fingerprint"] == stats.fingerprint
 
 
 def test_folder_and_glob_read_every_file(tmp_path):
@@ -52,12 +54,12 @@ def test_folder_and_glob_read_every_file(tmp_path):
     frame.iloc[:500].to_csv(folder / "day1.csv", index=False)
     frame.iloc[500:].to_parquet(folder / "day2.parquet")
     stats = run(tmp_path, folder)
-    assert stats["rows_read"] == 1000 and len(stats["sources"]) == 2
-    stats_glob = ingest.ingest(str(folder / "*.csv"), str(tmp_path / "glob"), MAPPING)
-    assert stats_glob["rows_read"] == 500
+    assert stats.rows_read == 1000 and len(stats.sources) == 2
+    stats_glob = run(tmp_path, folder / "*.csv", out="glob")
+    assert stats_glob.rows_read == 500
     # The same rows in other files hash to the same fingerprint.
     frame.sample(frac=1, random_state=3).to_parquet(tmp_path / "shuffled.parquet")
-    assert ingest.ingest(str(tmp_path / "shuffled.parquet"), str(tmp_path / "o2"), MAPPING)["fingerprint"] == stats["fingerprint"]
+    assert run(tmp_path, tmp_path / "shuffled.parquet", out="o2").fingerprint == stats.fingerprint
 
 
 def test_missing_column_names_it_and_lists_found(tmp_path):
@@ -108,7 +110,7 @@ def test_ten_percent_malformed_rows_are_quarantined_with_reasons(tmp_path):
     with pytest.raises(SearchtuneError, match=rf"{broken} of 300 rows \(10.0%\) were rejected, above max_reject_ratio 5.0%"):
         run(tmp_path, path)
     stats = run(tmp_path, path, max_reject_ratio=0.2)
-    assert stats["rows_rejected"] == broken and stats["rows_kept"] == 300 - broken
+    assert stats.rows_rejected == broken and stats.rows_kept == 300 - broken
     rejects = pd.read_parquet(tmp_path / "out" / "rejects.parquet")
     assert len(rejects) == broken
     reasons = set(rejects["reason"])
@@ -133,9 +135,9 @@ def test_exact_duplicates_dropped_and_binary_labels(tmp_path):
     doubled = pd.concat([frame, frame.iloc[:40]], ignore_index=True)
     path = tmp_path / "clicks.parquet"
     doubled.to_parquet(path)
-    binary = ingest.ColumnMapping(query="q", text=("title",), label="rel", positive_threshold=None)
+    binary = IngestParams(query_column="q", text_columns="title", label_column="rel", binary_labels=True)
     stats = run(tmp_path, path, binary)
-    assert stats["duplicates_dropped"] == 40 and stats["rows_kept"] == 300
+    assert stats.duplicates_dropped == 40 and stats.rows_kept == 300
     frame.loc[3, "rel"] = 2
     frame.to_parquet(path)
     stats = run(tmp_path, path, binary, max_reject_ratio=0.5)
@@ -156,7 +158,7 @@ def test_split_is_by_query_and_stable(tmp_path):
     # Another run, other row order, one more query: every old query stays in its split.
     extra = pd.concat([frame.sample(frac=1, random_state=1), judgements(n_queries=1, seed=9).assign(q="brand new query")])
     extra.to_parquet(path)
-    ingest.ingest(str(path), str(tmp_path / "again"), MAPPING)
+    run(tmp_path, path, out="again")
     for split in ingest.SPLITS:
         again = set(pd.read_parquet(tmp_path / "again" / f"{split}.parquet")["query"])
         assert queries[split] <= again

@@ -216,13 +216,19 @@ def test_cronjob_submits_the_pipeline_with_the_configmap_defaults(capsys):
     plan = json.loads(capsys.readouterr().out)
     run = plan["run"]
     assert plan["host"] == env["KFP_HOST"] and plan["namespace"] == "ml-search"
+    # The deployment's locations as flags, its overrides from SEARCHTUNE_PARAM_*: everything
+    # else keeps the pipeline's defaults.
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        with contextlib.redirect_stderr(io.StringIO()):
+            assert cli.main([*argv, "--dry-run"]) == 0
+    run = json.loads(capsys.readouterr().out)["run"]
     assert run["parameters"] == {
-        "data": env["DATA"], "query_column": "search_term", "text_columns": "product_title,brand",
-        "label_column": "relevance", "positive_threshold": 2.5, "min_auc": 0.6, "max_auc_drop": 0.0,
-        "registry_root": env["REGISTRY_ROOT"], "model_name": "searchtune-relevance",
-        "checkpoint_root": env["CHECKPOINT_ROOT"],
+        "data": env["DATA"], "registry_root": env["REGISTRY_ROOT"], "model_name": "searchtune-relevance",
+        "checkpoint_root": env["CHECKPOINT_ROOT"], "min_auc": 0.65, "text_columns": "product_title,brand,description",
     }
-    assert run["enable_caching"] is False and run["service_account"] == "searchtune"
+    assert run["enable_caching"] is True and run["service_account"] == "searchtune"
     assert plan["pipeline"]["images"] == [
         "europe-docker.pkg.dev/acme-ml/searchtune/searchtune-cpu:0.1.0",
         "europe-docker.pkg.dev/acme-ml/searchtune/searchtune-gpu:0.1.0",
@@ -237,9 +243,9 @@ def test_base_cronjob_runs_with_blank_namespace_and_placement():
     env.update(KFP_NAMESPACE="", NODE_SELECTOR="", TOLERATION="")
     (container,) = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
     args = cli.build_parser().parse_args([*container["command"][1:], *expand(container["args"], env)])
-    from searchtune.orchestration import cluster
+    from searchtune.cli import cluster_flags
 
-    settings = cluster.settings_from_args(args)
+    settings = cluster_flags.settings_from_args(args)
     assert settings.node_selector == {} and settings.tolerations == ()
     assert not args.namespace
 
@@ -270,3 +276,18 @@ def test_inferenceservice_predictor_command_exists():
     assert container["name"] == "kserve-container"
     with contextlib.redirect_stderr(io.StringIO()):
         cli.build_parser().parse_args([*container["command"][1:], *expand(container["args"], env)])
+
+
+def test_every_parameter_a_manifest_sets_is_a_pipeline_parameter_and_no_default_is_copied():
+    from searchtune import params
+    from searchtune.cli.submit import PARAM_ENV_PREFIX, arguments_from_env
+
+    defaults = params.defaults()
+    for path, doc in raw_documents():
+        if doc.get("kind") != "ConfigMap":
+            continue
+        values = arguments_from_env(doc.get("data") or {})  # names a parameter, or raises
+        params.parse(params.RunParameters, values)  # and holds a valid value
+        if "base" in str(path):
+            copies = [PARAM_ENV_PREFIX + n.upper() for n, v in values.items() if str(defaults[n]) == v]
+            assert not copies, f"{path}: {copies} only repeat the default, which may then drift from it"

@@ -7,13 +7,17 @@ import sys
 import textwrap
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from searchtune import records
 from searchtune.errors import SearchtuneError
 from searchtune.io import storage
+from searchtune.ml.stats import compute_statistics
+from searchtune.params import GateParams, RunParameters, TrainParams
 from searchtune.registry import ModelRegistry
-from searchtune.steps import blessing
+from searchtune.steps.gate import decide
 from searchtune.steps.register import register_model
 
 MODEL = "searchtune-relevance"
@@ -25,14 +29,14 @@ def make_model_dir(folder, tag="m") -> str:
         "adapter/adapter_config.json": json.dumps({"r": 4}),
         "adapter/adapter_model.safetensors": f"weights-{tag}" * 100,
         "tokenizer/tokenizer.json": json.dumps({"tag": tag}),
-        "searchtune_model.json": json.dumps({"architecture": "bi-encoder", "base_model": {"name_or_path": "x"}}),
-        "training_metrics.json": json.dumps({"epochs": 1, "loss": 0.3}),
     }
     for name, text in files.items():
         path = os.path.join(folder, name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as handle:
             handle.write(text)
+    records.ModelRecord(architecture="bi-encoder", base_model=records.BaseModelRef(name_or_path="x", sha256="f" * 64),
+                        max_length=64, training=TrainParams(epochs=1).model_dump()).write(str(folder))
     return str(folder)
 
 
@@ -45,20 +49,46 @@ def make_splits_dir(folder, train_rows=6000) -> str:
         "query_group": [i % 300 for i in range(train_rows)],
     })
     train.to_parquet(os.path.join(folder, "train.parquet"), index=False)
-    with open(os.path.join(folder, "stats.json"), "w") as handle:
-        json.dump({"fingerprint": "sha256:abc123", "sources": SOURCES,
-                   "splits": {"train": {"rows": train_rows}}}, handle)
+    split = records.SplitStats(rows=train_rows, queries=300, positive_rate=0.5)
+    records.IngestStats(fingerprint="sha256:abc123", sources=SOURCES, column_mapping={}, split_fractions={}, rows_read=train_rows,
+                        rows_rejected=0, duplicates_dropped=0, rows_kept=train_rows, splits={"train": split}).write(str(folder))
     return str(folder)
 
 
-def make_evaluation_dir(folder, auc, champion=None, min_auc=0.6, max_auc_drop=0.0) -> str:
-    os.makedirs(folder, exist_ok=True)
-    decision = blessing.decide(auc, min_auc, max_auc_drop, champion, candidate_id="run")
-    with open(os.path.join(folder, "blessing.json"), "w") as handle:
-        json.dump(decision, handle)
-    with open(os.path.join(folder, "evaluation.json"), "w") as handle:
-        json.dump({"test_rows": 100, "candidate": {"roc_auc": auc}}, handle)
+def make_run_dir(folder, run_id="run", **parameters) -> str:
+    records.RunRecord(run_id=run_id, started_at=records.now(), parameters=RunParameters(**parameters).model_dump(),
+                      data_files=[records.DataFile(uri=SOURCES[0], size=10, version="1")], data_version="d" * 64,
+                      base_model="x", registry_root="r", code={}).write(str(folder))
     return str(folder)
+
+
+def make_evaluation_dir(folder, blessed: bool = True, production_version: int | None = None, seed: int = 0) -> str:
+    """A real evaluation of synthetic scores: a candidate that beats the base (blessed) or one that does not."""
+    rng = np.random.default_rng(seed)
+    query = np.repeat(np.arange(60), 6)
+    latent = rng.normal(size=len(query))
+    label = (latent + 0.5 * rng.normal(size=len(query)) > 0).astype(int)
+    base = latent + 2.0 * rng.normal(size=len(query))
+    candidate = latent + (0.2 if blessed else 4.0) * rng.normal(size=len(query))
+    scores = {"candidate": candidate, "base": base}
+    if production_version is not None:
+        scores["production"] = candidate + 0.01 * rng.normal(size=len(query))
+    statistics = compute_statistics(query, label, scores, logit_models={"candidate", "base"})
+    decision = decide(statistics, GateParams(), production_label=f"production v{production_version}", candidate_id="run",
+                      production_version=production_version)
+    assert decision.blessed == blessed, decision.reason
+    drift = records.DriftSummary(reference="r", current="c", drifted_columns=[], columns=5, share_drifted=0.0,
+                                 reference_rows=1, current_rows=1)
+    records.Evaluation(test_rows=len(query), test_queries=60, production_version=production_version, drift=drift,
+                       roc_curve={"fpr": [], "tpr": [], "thresholds": []}, confusion_matrix={}, blessing=decision,
+                       model={}).write(str(folder))
+    decision.write(str(folder))
+    return str(folder)
+
+
+def register(registry_root, model_dir, splits_dir, evaluation_dir, run_id, tmp_path, **parameters):
+    run_dir = make_run_dir(tmp_path / f"run-{run_id}", run_id, **parameters)
+    return register_model(registry_root, MODEL, model_dir, splits_dir, evaluation_dir, run_dir)
 
 
 @pytest.fixture
@@ -68,39 +98,50 @@ def inputs(tmp_path):
 
 def test_first_registration_holds_everything_and_becomes_production(registry_root, inputs, tmp_path):
     model_dir, splits_dir = inputs
-    evaluation_dir = make_evaluation_dir(tmp_path / "eval", 0.8)
-    outcome = register_model(registry_root, MODEL, model_dir, splits_dir, evaluation_dir, "run-1",
-                             {"epochs": 1, "learning_rate": 1e-4})
-    assert outcome["version"] == 1 and outcome["promoted"] is True
-    assert (outcome["alias_before"], outcome["alias_after"]) == (None, 1)
-    assert outcome["registry_uri"] == ModelRegistry(registry_root).version_uri(MODEL, 1)
+    evaluation_dir = make_evaluation_dir(tmp_path / "eval")
+    outcome = register(registry_root, model_dir, splits_dir, evaluation_dir, "run-1", tmp_path, epochs=1, learning_rate=1e-4)
+    assert outcome.version == 1 and outcome.promoted is True
+    assert (outcome.alias_before, outcome.alias_after) == (None, 1)
+    assert outcome.registry_uri == ModelRegistry(registry_root).version_uri(MODEL, 1)
     registry = ModelRegistry(registry_root)
     production = registry.production(MODEL)
-    assert production["version"] == 1 and production["auc"] == pytest.approx(0.8)
+    expected = records.Blessing.read(evaluation_dir).gate_estimate()
+    assert production["version"] == 1 and production["auc"] == pytest.approx(expected.value)
+    assert production["metadata"]["gate_metric"] == "gauc" and production["metadata"]["auc_low"] == pytest.approx(expected.low)
     assert production["run_id"] == "run-1" and production["created_by"] == "searchtune-pipeline"
     assert {f["path"] for f in production["files"]} == {
         "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "tokenizer/tokenizer.json",
-        "searchtune_model.json", "training_metrics.json", "evaluation.json", "blessing.json",
-        "reference_sample.parquet", "lineage.json"}
+        "searchtune_model.json", "evaluation.json", "blessing.json", "reference_sample.parquet", "lineage.json"}
     dest = tmp_path / "fetched"
     registry.fetch(MODEL, "production", str(dest))
-    lineage = json.loads((dest / "lineage.json").read_text())
-    assert lineage["data"]["fingerprint"] == "sha256:abc123"
-    assert lineage["data"]["sources"] == SOURCES
-    assert lineage["parameters"] == {"epochs": 1, "learning_rate": 1e-4}
-    assert lineage["run_id"] == "run-1" and lineage["code"]["searchtune"]
+    lineage = records.Lineage.read(str(dest))
+    assert lineage.data["fingerprint"] == "sha256:abc123"
+    assert lineage.data["sources"] == SOURCES and lineage.data["files"][0]["uri"] == SOURCES[0]
+    # Every parameter the run used, not a hand-picked few.
+    assert lineage.parameters == RunParameters(epochs=1, learning_rate=1e-4).model_dump()
+    assert lineage.base_model.sha256 == "f" * 64 and lineage.blessing.blessed
+    assert lineage.run_id == "run-1" and lineage.code["searchtune"]
     sample = pd.read_parquet(dest / "reference_sample.parquet")
     assert list(sample.columns) == ["query", "product_text", "label"] and len(sample) == 5000
     history = registry.alias_history(MODEL)
     assert [(h["version"], h["run_id"], h["moved_by"]) for h in history] == [(1, "run-1", "searchtune-pipeline")]
 
 
+def test_a_path_with_quotes_and_backslashes_runs_through_registration(registry_root, inputs, tmp_path):
+    model_dir, splits_dir = inputs
+    odd = 'gs://b/logs/"quoted" \\ back\\slash/*.parquet'
+    outcome = register(registry_root, model_dir, splits_dir, make_evaluation_dir(tmp_path / "eval"), "run-q", tmp_path,
+                       data=odd)
+    lineage = records.Lineage.from_bytes(ModelRegistry(registry_root).read_file(MODEL, outcome.version, "lineage.json"), "lineage")
+    assert lineage.parameters["data"] == odd
+
+
 def test_retried_register_task_reuses_its_version(registry_root, inputs, tmp_path):
     model_dir, splits_dir = inputs
-    evaluation_dir = make_evaluation_dir(tmp_path / "eval", 0.8)
-    first = register_model(registry_root, MODEL, model_dir, splits_dir, evaluation_dir, "run-1", {})
-    again = register_model(registry_root, MODEL, model_dir, splits_dir, evaluation_dir, "run-1", {})
-    assert first["version"] == again["version"] == 1 and again["promoted"]
+    evaluation_dir = make_evaluation_dir(tmp_path / "eval")
+    first = register(registry_root, model_dir, splits_dir, evaluation_dir, "run-1", tmp_path)
+    again = register(registry_root, model_dir, splits_dir, evaluation_dir, "run-1", tmp_path)
+    assert first.version == again.version == 1 and again.promoted
     assert [v["version"] for v in ModelRegistry(registry_root).versions(MODEL)] == [1]
 
 
@@ -108,79 +149,71 @@ def test_reference_sample_is_deterministic(tmp_path, inputs):
     model_dir, splits_dir = inputs
     root = str(tmp_path / "registry")
     for run in ("a", "b"):
-        register_model(root, MODEL, model_dir, splits_dir, make_evaluation_dir(tmp_path / f"eval-{run}", 0.8),
-                       run, {})
+        register(root, model_dir, splits_dir, make_evaluation_dir(tmp_path / f"eval-{run}"), run, tmp_path)
     registry = ModelRegistry(root)
     assert registry.read_file(MODEL, 1, "reference_sample.parquet") == registry.read_file(MODEL, 2, "reference_sample.parquet")
 
 
 def test_refuses_unblessed_model_and_leaves_registry_empty(registry_root, inputs, tmp_path):
     model_dir, splits_dir = inputs
-    evaluation_dir = make_evaluation_dir(tmp_path / "eval", 0.55)  # below min_auc 0.6
-    with pytest.raises(SearchtuneError, match="not blessed .*below min_auc"):
-        register_model(registry_root, MODEL, model_dir, splits_dir, evaluation_dir, "run-1", {})
+    evaluation_dir = make_evaluation_dir(tmp_path / "eval", blessed=False)
+    with pytest.raises(SearchtuneError, match="not blessed .*does not beat untuned base"):
+        register(registry_root, model_dir, splits_dir, evaluation_dir, "run-1", tmp_path)
     assert storage.list_prefix(registry_root) == []
 
 
 def test_missing_columns_and_files_are_named(tmp_path, inputs):
     model_dir, splits_dir = inputs
-    evaluation_dir = make_evaluation_dir(tmp_path / "eval", 0.8)
+    evaluation_dir = make_evaluation_dir(tmp_path / "eval")
     pd.DataFrame({"query": ["q"], "label": [1]}).to_parquet(os.path.join(splits_dir, "train.parquet"))
     with pytest.raises(SearchtuneError, match=r"train.parquet: missing column\(s\) product_text"):
-        register_model(str(tmp_path / "r"), MODEL, model_dir, splits_dir, evaluation_dir, "run", {})
+        register(str(tmp_path / "r"), model_dir, splits_dir, evaluation_dir, "run", tmp_path)
     os.unlink(os.path.join(evaluation_dir, "evaluation.json"))
     with pytest.raises(SearchtuneError, match="evaluation.json: missing"):
-        register_model(str(tmp_path / "r"), MODEL, model_dir, splits_dir, evaluation_dir, "run", {})
+        register(str(tmp_path / "r"), model_dir, splits_dir, evaluation_dir, "run", tmp_path)
     assert not os.path.exists(tmp_path / "r" / MODEL / "versions" / "1" / "MANIFEST.json")
 
 
-def test_production_moved_since_evaluation_is_regated(registry_root, inputs, tmp_path):
+def test_production_moved_since_evaluation_is_not_promoted(registry_root, inputs, tmp_path):
+    """A candidate is never promoted on a comparison with a model it was not evaluated against."""
     model_dir, splits_dir = inputs
-    register_model(registry_root, MODEL, model_dir, splits_dir, make_evaluation_dir(tmp_path / "e1", 0.70), "run-1", {})
-    # Two runs evaluate against v1 (AUC 0.70); the stronger one registers first.
-    weaker = make_evaluation_dir(tmp_path / "e-weak", 0.75, champion={"version": 1, "auc": 0.70})
-    stronger = make_evaluation_dir(tmp_path / "e-strong", 0.90, champion={"version": 1, "auc": 0.70})
-    assert register_model(registry_root, MODEL, model_dir, splits_dir, stronger, "run-strong", {})["promoted"]
-    outcome = register_model(registry_root, MODEL, model_dir, splits_dir, weaker, "run-weak", {})
-    assert outcome["version"] == 3 and outcome["promoted"] is False
-    assert (outcome["alias_before"], outcome["alias_after"]) == (2, 2)
-    assert "production moved to v2 after evaluation" in outcome["reason"]
-    assert "below production v2 AUC 0.9000" in outcome["reason"]
+    register(registry_root, model_dir, splits_dir, make_evaluation_dir(tmp_path / "e1"), "run-1", tmp_path)
+    # Two runs evaluate against v1; one registers first and moves production to v2.
+    first = make_evaluation_dir(tmp_path / "e-first", production_version=1, seed=1)
+    second = make_evaluation_dir(tmp_path / "e-second", production_version=1, seed=2)
+    assert register(registry_root, model_dir, splits_dir, first, "run-first", tmp_path).promoted
+    outcome = register(registry_root, model_dir, splits_dir, second, "run-second", tmp_path)
+    assert outcome.version == 3 and outcome.promoted is False
+    assert (outcome.alias_before, outcome.alias_after) == (2, 2)
+    assert "production moved to v2 after evaluation" in outcome.reason
+    assert "evaluated against v1 only" in outcome.reason
     registry = ModelRegistry(registry_root)
     assert registry.version(MODEL, "production")["version"] == 2
     assert [m["version"] for m in registry.versions(MODEL)] == [1, 2, 3]
-    # Moved, but the candidate still passes against the new production: it is promoted.
-    still_good = make_evaluation_dir(tmp_path / "e-good", 0.95, champion={"version": 1, "auc": 0.70})
-    outcome = register_model(registry_root, MODEL, model_dir, splits_dir, still_good, "run-good", {})
-    assert (outcome["version"], outcome["promoted"], outcome["alias_before"], outcome["alias_after"]) == (4, True, 2, 4)
 
 
 RACE_CHILD = """
 import json
 from searchtune.steps.register import register_model
-outcome = register_model(*sys.argv[3:9], {"child": sys.argv[8]})
-print(json.dumps(outcome))
+outcome = register_model(*sys.argv[3:9])
+print(outcome.model_dump_json())
 """
 
 
 def test_two_pipeline_runs_registering_at_once(registry_root, tmp_path):
-    """Both versions are kept; exactly one becomes production; the other says why not.
-
-    The gate requires beating production by 0.01 (max_auc_drop = -0.01) and both candidates
-    have the same AUC, so whichever moves the alias second no longer passes.
-    """
+    """Both versions are kept; exactly one becomes production; the other says why not."""
     model_dir = make_model_dir(tmp_path / "model")
     splits_dir = make_splits_dir(tmp_path / "splits", train_rows=200)
-    register_model(registry_root, MODEL, model_dir, splits_dir, make_evaluation_dir(tmp_path / "e1", 0.70), "seed", {})
-    champion = {"version": 1, "auc": 0.70}
-    evaluations = [make_evaluation_dir(tmp_path / f"e-{run}", 0.80, champion=champion, max_auc_drop=-0.01)
-                   for run in ("p1", "p2")]
+    register(registry_root, model_dir, splits_dir, make_evaluation_dir(tmp_path / "e1"), "seed", tmp_path)
+    evaluations = [make_evaluation_dir(tmp_path / f"e-{run}", production_version=1, seed=i) for i, run in enumerate(("p1", "p2"))]
+    run_dirs = [make_run_dir(tmp_path / f"run-{run}", run) for run in ("p1", "p2")]
     go = tmp_path / "go"
     prelude = "import os, sys, time\nopen(sys.argv[1], 'w').close()\nwhile not os.path.exists(sys.argv[2]): time.sleep(0.001)\n"
     children = [subprocess.Popen(
         [sys.executable, "-c", prelude + textwrap.dedent(RACE_CHILD), str(tmp_path / f"ready-{run}"), str(go),
-         registry_root, MODEL, model_dir, splits_dir, evaluation, run],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for run, evaluation in zip(("p1", "p2"), evaluations, strict=True)]
+         registry_root, MODEL, model_dir, splits_dir, evaluation, run_dir],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for run, evaluation, run_dir in zip(("p1", "p2"), evaluations, run_dirs, strict=True)]
     while not all((tmp_path / f"ready-{run}").exists() for run in ("p1", "p2")):
         time.sleep(0.01)
     go.touch()
@@ -208,7 +241,8 @@ def test_component_runs_under_kfp_local(tmp_path):
 
     model_dir = make_model_dir(tmp_path / "model")
     splits_dir = make_splits_dir(tmp_path / "splits", train_rows=50)
-    evaluation_dir = make_evaluation_dir(tmp_path / "eval", 0.8)
+    evaluation_dir = make_evaluation_dir(tmp_path / "eval")
+    run_dir = make_run_dir(tmp_path / "run", "kfp-run", epochs=2)
     root = str(tmp_path / "registry")
 
     @dsl.pipeline(name="register-only")
@@ -216,8 +250,9 @@ def test_component_runs_under_kfp_local(tmp_path):
         model = dsl.importer(artifact_uri=model_dir, artifact_class=dsl.Model)
         splits = dsl.importer(artifact_uri=splits_dir, artifact_class=dsl.Dataset)
         evaluation = dsl.importer(artifact_uri=evaluation_dir, artifact_class=dsl.Artifact)
-        task = register(model=model.output, splits=splits.output, evaluation=evaluation.output,
-                        registry_root=root, model_name=MODEL, parameters_json='{"epochs": 2}', run_id="kfp-run")
+        run = dsl.importer(artifact_uri=run_dir, artifact_class=dsl.Artifact)
+        task = register(model=model.output, splits=splits.output, evaluation=evaluation.output, run=run.output,
+                        registry_root=root, model_name=MODEL)
         return task.outputs["Output"]
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "pipeline-root"))
@@ -229,4 +264,4 @@ def test_component_runs_under_kfp_local(tmp_path):
     assert len(outcome_files) == 1
     assert json.loads(outcome_files[0].read_text())["promoted"] is True
     lineage = json.loads(ModelRegistry(root).read_file(MODEL, 1, "lineage.json"))
-    assert lineage["parameters"] == {"epochs": 2}
+    assert lineage["parameters"]["epochs"] == 2 and len(lineage["parameters"]) == len(RunParameters.model_fields)

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from searchtune.data import sample_data
+from searchtune.cli import sample_data as sample_data_cli
+from searchtune.data import catalog, sample_data
 from searchtune.errors import SearchtuneError
 
 SMALL = 300  # queries: enough for stable rates, fast enough for every run
@@ -37,7 +38,7 @@ def test_shipped_file_equals_fresh_generation_with_documented_arguments():
 
 
 def test_readme_documents_the_shipped_arguments():
-    readme = sample_data._data_file("README.md").read_text(encoding="utf-8")
+    readme = catalog._data_file("README.md").read_text(encoding="utf-8")
     command = f"searchtune sample-data -o src/searchtune/data/{sample_data.SHIPPED_FILE} --queries {sample_data.SHIPPED_QUERIES} --seed {sample_data.SHIPPED_SEED}"
     assert command in readme
 
@@ -134,7 +135,7 @@ def test_bad_arguments_raise_searchtune_error():
 def _sample_data_command(argv: list[str]):
     """Parse ``argv`` with the sub-command as the searchtune CLI wires it."""
     parser = argparse.ArgumentParser(prog="searchtune")
-    sample_data.add_parser(parser.add_subparsers(dest="command", required=True))
+    sample_data_cli.add_parser(parser.add_subparsers(dest="command", required=True))
     return parser.parse_args(argv)
 
 
@@ -191,5 +192,5 @@ def test_catalog_vocabulary_is_consistent():
     names = [kind.name for kind in kinds]
     assert len(names) == len(set(names)), "product type names must be unique"
     assert all(kind.parent in names for kind in kinds if kind.parent)
-    raw = json.loads(sample_data._data_file("sample_catalog.json").read_text(encoding="utf-8"))
+    raw = json.loads(catalog._data_file("sample_catalog.json").read_text(encoding="utf-8"))
     assert len(raw) >= 8

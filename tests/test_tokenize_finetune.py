@@ -13,7 +13,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from searchtune import records
 from searchtune.ml import batching, modeling, scoring, tokens
+from searchtune.params import TrainParams
 from searchtune.steps import finetune
 
 
@@ -54,12 +56,13 @@ def test_trained_model_saves_adapter_and_reloads_with_same_scores(trained_model_
     from searchtune.steps import ingest
 
     files = {p.name for p in Path(trained_model_dir).iterdir()}
-    assert {"adapter", "tokenizer", "searchtune_model.json", "head.safetensors", "training_metrics.json"} <= files
+    assert {"adapter", "tokenizer", "searchtune_model.json", "head.safetensors"} <= files
     assert Path(trained_model_dir, "adapter", "adapter_model.safetensors").exists()
-    config = json.loads(Path(trained_model_dir, "searchtune_model.json").read_text())
-    assert config["architecture"] == "bi-encoder" and config["base_model"]["bundled"]
-    assert len(config["base_model"]["sha256"]) == 64
-    assert config["epochs"][0]["validation_auc"] > 0.5
+    record = records.ModelRecord.read(trained_model_dir)
+    assert record.architecture == "bi-encoder" and record.base_model.bundled
+    assert len(record.base_model.sha256) == 64
+    assert record.epochs[0].validation_auc > 0.5
+    assert record.training == TrainParams(max_length=32, epochs=1, max_train_rows=256, batch_size=32).model_dump()
     test = ingest.read_split(splits_dir, "test")
     model, tokenizer, _ = modeling.load_trained_model(trained_model_dir)
     first = scoring.score_frame(model, tokenizer, "bi-encoder", 32, test)
@@ -71,7 +74,7 @@ def test_architecture_mismatch_is_a_clear_error(tokenized_dir, tmp_path):
     from searchtune.errors import SearchtuneError
 
     with pytest.raises(SearchtuneError, match="tokenized for bi-encoder, training asks for cross-encoder"):
-        finetune.finetune(tokenized_dir, str(tmp_path), finetune.TrainConfig(architecture="cross-encoder"))
+        finetune.finetune(tokenized_dir, str(tmp_path), TrainParams(architecture="cross-encoder"))
 
 
 @pytest.mark.slow
@@ -80,9 +83,10 @@ def test_preempted_training_resumes_from_its_checkpoint(tokenized_dir, tmp_path)
     checkpoint = tmp_path / "ckpt"
     script = textwrap.dedent(f"""
         from searchtune import logs
+        from searchtune.params import TrainParams
         from searchtune.steps import finetune
         logs.setup()
-        config = finetune.TrainConfig(epochs=2, max_train_rows=192, batch_size=16, checkpoint_every_steps=4)
+        config = TrainParams(epochs=2, max_train_rows=192, batch_size=16, checkpoint_every_steps=4)
         finetune.finetune({tokenized_dir!r}, {str(tmp_path / "model")!r}, config, checkpoint_uri={str(checkpoint)!r})
     """)
     first = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
@@ -95,5 +99,5 @@ def test_preempted_training_resumes_from_its_checkpoint(tokenized_dir, tmp_path)
     second = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "resuming from checkpoint" in second.stderr
-    history = json.loads((tmp_path / "model" / "training_metrics.json").read_text())
-    assert [epoch["epoch"] for epoch in history] == [1, 2]
+    history = records.ModelRecord.read(str(tmp_path / "model")).epochs
+    assert [epoch.epoch for epoch in history] == [1, 2]

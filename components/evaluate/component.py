@@ -1,19 +1,44 @@
-"""KFP component for the evaluate step; the logic is ``searchtune.evaluate.evaluate``."""
+"""KFP component for the evaluate step; the logic is ``searchtune.steps.evaluate.evaluate``."""
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 from searchtune.orchestration.images import CPU_IMAGE
+from searchtune.params import GateParams, documented
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+@documented(
+    "Score candidate, untuned base, lexical baseline and production model on the test split; decide the blessing.",
+    GateParams,
+    splits="output of the ingest step.",
+    model="output of the fine-tune step (the candidate).",
+    champion="output of the champion step (the production model, if any).",
+    run_id="the pipeline run, recorded in the blessing.",
+    metrics="every metric of every model with its interval bounds (<model>_<metric>, _low, _high), the random "
+            "floors, the candidate's paired differences, and blessed.",
+    classification="the candidate's ROC curve and confusion matrix.",
+    drift_report="Evidently data-drift report (HTML).",
+    drift_json="the same report as JSON.",
+    summary="the Markdown page a reviewer reads first.",
+    evaluation="evaluation.json and blessing.json, read by the register step.",
+    returns="Whether the candidate is blessed. A single return value on purpose: kfp.local resolves a "
+            "condition on task.output but not on a NamedTuple field.",
+)
 def evaluate(
     splits: Input[Dataset],
     model: Input[Model],
-    registry_root: str,
-    model_name: str,
+    champion: Input[Model],
+    gate_metric: str,
     min_auc: float,
+    require_beat_base: bool,
+    require_beat_lexical: bool,
     max_auc_drop: float,
+    require_improvement: bool,
+    min_auc_gain: float,
+    confidence: float,
+    min_test_queries: int,
+    bootstrap_resamples: int,
     run_id: str,
     metrics: Output[Metrics],
     classification: Output[ClassificationMetrics],
@@ -22,48 +47,34 @@ def evaluate(
     summary: Output[Markdown],
     evaluation: Output[Artifact],
 ) -> bool:
-    """Score candidate, untuned base and champion on the test split; decide the blessing.
-
-    Args:
-        splits: output of the ingest step.
-        model: output of the fine-tune step (the candidate).
-        registry_root: registry holding the production model ('' = none).
-        model_name: the model's name in the registry.
-        min_auc: blessed only if the candidate's test ROC AUC is at least this.
-        max_auc_drop: and at least the production model's AUC minus this.
-        run_id: the pipeline run, recorded in the blessing.
-        metrics: ROC AUC, PR AUC, log loss, nDCG@10 of every model scored.
-        classification: the candidate's ROC curve and confusion matrix.
-        drift_report: Evidently data-drift report (HTML).
-        drift_json: the same report as JSON.
-        summary: the Markdown page a reviewer reads first.
-        evaluation: evaluation.json and blessing.json, read by the register step.
-
-    Returns:
-        Whether the candidate is blessed. A single return value on purpose: kfp.local
-        resolves a condition on ``task.output`` but not on a NamedTuple field.
-    """
-    import json
     import os
     import shutil
 
-    from searchtune import logs
+    from searchtune import logs, params, records
     from searchtune.steps import evaluate as step
 
     with logs.component_step("evaluate"):
-        verdict = step.evaluate(splits.path, model.path, evaluation.path, registry_root, model_name, min_auc, max_auc_drop, run_id)
-        results = json.loads(open(os.path.join(evaluation.path, "evaluation.json")).read())
-        for model_key, prefix in (("candidate", ""), ("untuned_base", "base_"), ("champion", "champion_")):
-            for name, value in results.get(model_key, {}).items():
-                if name in ("roc_auc", "pr_auc", "log_loss", "ndcg_at_10") and value is not None:
-                    metrics.log_metric(prefix + name, value)
-        metrics.log_metric("blessed", float(verdict["blessed"]))
-        roc = json.loads(open(os.path.join(evaluation.path, "roc_curve.json")).read())
-        classification.log_roc_curve(roc["fpr"], roc["tpr"], roc["thresholds"])
-        confusion = json.loads(open(os.path.join(evaluation.path, "confusion_matrix.json")).read())
-        classification.log_confusion_matrix(confusion["categories"], confusion["matrix"])
-        shutil.copyfile(os.path.join(evaluation.path, "drift_report.html"), drift_report.path)
-        shutil.copyfile(os.path.join(evaluation.path, "drift_report.json"), drift_json.path)
-        shutil.copyfile(os.path.join(evaluation.path, "summary.md"), summary.path)
-        evaluation.metadata.update({"blessed": verdict["blessed"], "reason": verdict["reason"]})
-        return bool(verdict["blessed"])
+        gate = params.parse(params.GateParams, params.select(params.GateParams, locals()))
+        result = step.evaluate(splits.path, model.path, champion.path, evaluation.path, gate, run_id)
+        statistics = result.blessing.statistics
+        for model_name, values in statistics.models.items():
+            for metric, estimate in values.items():
+                for suffix, value in (("", estimate.value), ("_low", estimate.low), ("_high", estimate.high)):
+                    if value is not None:
+                        metrics.log_metric(f"{model_name}_{metric}{suffix}", value)
+        for other, values in statistics.comparisons.items():
+            for metric, difference in values.items():
+                for suffix, value in (("", difference.difference), ("_low", difference.low), ("_high", difference.high)):
+                    if value is not None:
+                        metrics.log_metric(f"candidate_minus_{other}_{metric}{suffix}", value)
+        for metric, info in statistics.metrics.items():
+            if info.random_floor is not None:
+                metrics.log_metric(f"random_{metric}", info.random_floor)
+        metrics.log_metric("blessed", float(result.blessing.blessed))
+        classification.log_roc_curve(result.roc_curve["fpr"], result.roc_curve["tpr"], result.roc_curve["thresholds"])
+        classification.log_confusion_matrix(result.confusion_matrix["categories"], result.confusion_matrix["matrix"])
+        for name, artifact in ((records.DRIFT_HTML_FILE, drift_report), (records.DRIFT_JSON_FILE, drift_json),
+                               (records.SUMMARY_FILE, summary)):
+            shutil.copyfile(os.path.join(evaluation.path, name), artifact.path)
+        evaluation.metadata.update({"blessed": result.blessing.blessed, "reason": result.blessing.reason})
+        return result.blessing.blessed

@@ -4,10 +4,18 @@ import contextlib
 import logging
 import os
 
+LEVEL_ENV = "SEARCHTUNE_LOG_LEVEL"
+
 
 def setup(level: str | None = None) -> None:
-    """Send searchtune's log records to stderr with a timestamp and the step's name."""
-    level = level or os.environ.get("SEARCHTUNE_LOG_LEVEL", "INFO")
+    """Send searchtune's log records to stderr with a timestamp and the step's name.
+
+    A level given here is also exported in ``SEARCHTUNE_LOG_LEVEL``, so the pipeline steps
+    that ``searchtune run`` starts as subprocesses log at the same level.
+    """
+    if level:
+        os.environ[LEVEL_ENV] = level
+    level = level or os.environ.get(LEVEL_ENV, "INFO")
     logging.basicConfig(
         level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 
+from searchtune.cli import exit_codes
 from searchtune.errors import SearchtuneError
 from searchtune.registry import (
     DEFAULT_MODEL_NAME,
@@ -148,7 +149,7 @@ def _v(version: int | None) -> str:
     return "nothing" if version is None else f"v{version}"
 
 
-VERIFY_PROBLEMS = 4  # `models verify` found something wrong (2 stays "the command could not run")
+VERIFY_PROBLEMS = exit_codes.VERIFY_PROBLEMS
 
 VERIFY_EPILOG = f"""exit codes:
   0  everything checked is as the manifests and alias records say

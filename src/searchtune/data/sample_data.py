@@ -11,21 +11,20 @@ fine-tuned one can learn: the right product type with the wrong voltage, size or
 brand is rated low although it reads almost like the query; accessories ("drill bit
 set" for "cordless drill") are rated low; jargon queries share no words with the
 products that match them.
+
+Longer than 300 lines because the query styles and the rater model are one generative
+story that reads best in one place; the catalog's vocabulary is ``data/catalog.py`` and
+the command that writes the file is ``cli/sample_data.py``.
 """
 
-import argparse
 import dataclasses
-import importlib.resources
-import itertools
-import json
 import logging
-import os
 import re
-import tempfile
 
 import numpy as np
 import pandas as pd
 
+from searchtune.data.catalog import Product, ProductType, _data_file, build_catalog, load_vocabulary
 from searchtune.errors import SearchtuneError
 
 log = logging.getLogger(__name__)
@@ -70,39 +69,8 @@ QUERY_STYLES = {
     "vague": 0.14,
 }
 ACCESSORY_QUERY_WEIGHT = 0.6  # accessories are searched less often than the tools
-MAX_VARIANTS = {"main": 18, "accessory": 8}
 UNBRANDED = "Unbranded"
 KEYBOARD_ROWS = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
-
-
-@dataclasses.dataclass(frozen=True)
-class ProductType:
-    name: str
-    category: str
-    title: str
-    description: str
-    brands: tuple[str, ...]
-    attributes: dict[str, tuple[str, ...]]
-    phrases: tuple[str, ...]
-    jargon: tuple[str, ...]
-    vague: tuple[str, ...]
-    parent: str | None  # the product type this is an accessory of
-
-
-@dataclasses.dataclass(frozen=True)
-class Product:
-    uid: int
-    kind: ProductType
-    brand: str
-    attributes: dict[str, str]
-
-    @property
-    def title(self) -> str:
-        return self.kind.title.format(brand=self.brand, **self.attributes).strip()
-
-    @property
-    def description(self) -> str:
-        return self.kind.description.format(brand=self.brand, **self.attributes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,59 +80,6 @@ class Query:
     anchor: Product  # the product the shopper had in mind
     brand: str | None  # constraints the query states
     attributes: dict[str, str]
-
-
-def load_vocabulary() -> list[ProductType]:
-    """Read the catalog vocabulary shipped in ``data/sample_catalog.json``."""
-    raw = json.loads(_data_file("sample_catalog.json").read_text(encoding="utf-8"))
-    kinds = []
-    for category, spec in raw.items():
-        for entry in spec["types"]:
-            main = _product_type(entry, category, spec["brands"], parent=None)
-            kinds.append(main)
-            for accessory in entry.get("accessories", []):
-                kinds.append(_product_type(accessory, category, main.brands, parent=main.name))
-    return kinds
-
-
-def _product_type(entry: dict, category: str, brands: list[str], parent: str | None) -> ProductType:
-    kind = ProductType(
-        name=entry["name"],
-        category=category,
-        title=entry["title"],
-        description=entry["description"],
-        brands=tuple(entry.get("brands", brands)),
-        attributes={name: tuple(values) for name, values in entry["attributes"].items()},
-        phrases=tuple(entry["phrases"]),
-        jargon=tuple(entry.get("jargon", ())),
-        vague=tuple(entry.get("vague", ())),
-        parent=parent,
-    )
-    placeholders = set(re.findall(r"{(\w+)}", kind.title + kind.description))
-    unknown = placeholders - set(kind.attributes) - {"brand"}
-    if unknown:
-        raise SearchtuneError(f"sample catalog type {kind.name!r} uses undefined attributes {sorted(unknown)}")
-    return kind
-
-
-def build_catalog(kinds: list[ProductType], rng: np.random.Generator) -> list[Product]:
-    """Draw a few brand/attribute variants of every product type.
-
-    Args:
-        kinds: product types from :func:`load_vocabulary`.
-        rng: the random stream the variants are drawn from.
-    """
-    products = []
-    for kind in kinds:
-        names = list(kind.attributes)
-        combos = list(itertools.product(kind.brands, *(kind.attributes[name] for name in names)))
-        limit = MAX_VARIANTS["accessory" if kind.parent else "main"]
-        picked = np.sort(rng.choice(len(combos), size=min(limit, len(combos)), replace=False))
-        for index in picked:
-            brand, *values = combos[index]
-            uid = 100001 + len(products)
-            products.append(Product(uid, kind, brand, dict(zip(names, values, strict=True))))
-    return products
 
 
 def generate_judgements(
@@ -395,10 +310,6 @@ def _sample(rng, items: list, count) -> list:
     return [items[i] for i in rng.choice(len(items), size=count, replace=False)] if count else []
 
 
-def _data_file(name: str):
-    return importlib.resources.files("searchtune").joinpath("data", name)
-
-
 def default_sample_path() -> str:
     """Return the path of the judgement file shipped with searchtune."""
     path = _data_file(SHIPPED_FILE)
@@ -407,68 +318,3 @@ def default_sample_path() -> str:
     return str(path)
 
 
-WRITERS = {
-    ".csv": lambda frame, path: frame.to_csv(path, index=False),
-    ".parquet": lambda frame, path: frame.to_parquet(path, index=False),
-    ".jsonl": lambda frame, path: frame.to_json(path, orient="records", lines=True),
-}
-
-
-def _check_target(path: str) -> tuple[str, str]:
-    extension = os.path.splitext(path)[1].lower()
-    if extension not in WRITERS:
-        raise SearchtuneError(f"cannot tell the format of {path!r}: use .csv, .parquet or .jsonl")
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise SearchtuneError(f"output directory does not exist: {directory}")
-    return extension, directory
-
-
-def write_frame(frame: pd.DataFrame, path: str) -> None:
-    """Write a judgement frame as CSV, Parquet or JSON Lines, chosen by file extension.
-
-    The file appears complete or not at all: it is written beside the target and
-    renamed into place.
-
-    Args:
-        frame: the judgements.
-        path: target file ending in ``.csv``, ``.parquet`` or ``.jsonl``.
-    """
-    extension, directory = _check_target(path)
-    handle, partial = tempfile.mkstemp(dir=directory, prefix=".sample-", suffix=extension)
-    os.close(handle)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        WRITERS[extension](frame, partial)
-        os.chmod(partial, 0o666 & ~umask)  # mkstemp makes it private; the result is an ordinary file
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
-    log.info("wrote %d rows to %s", len(frame), path)
-
-
-def add_parser(subparsers) -> None:
-    """Add the ``sample-data`` sub-command to the searchtune CLI.
-
-    Args:
-        subparsers: the object returned by ``ArgumentParser.add_subparsers``.
-    """
-    parser = subparsers.add_parser(
-        "sample-data",
-        help="write the synthetic search judgement data (the input format of a run)",
-        description="Generate deterministic e-commerce search judgements and write them "
-        "as CSV, Parquet or JSON Lines (chosen by the file extension).",
-    )
-    parser.add_argument("-o", "--output", required=True, help="file to write (.csv, .parquet or .jsonl)")
-    parser.add_argument("--queries", type=int, default=SHIPPED_QUERIES, help="distinct queries (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=SHIPPED_SEED, help="random seed (default: %(default)s)")
-    parser.set_defaults(func=_run_sample_data)
-
-
-def _run_sample_data(args: argparse.Namespace) -> int:
-    _check_target(args.output)  # before the work, not after it
-    frame = generate_judgements(n_queries=args.queries, seed=args.seed)
-    write_frame(frame, args.output)
-    return 0

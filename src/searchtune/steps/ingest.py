@@ -12,7 +12,6 @@ binary labels), ``query_group`` (hex digest of the normalised query: the split k
 
 import dataclasses
 import hashlib
-import json
 import logging
 import math
 import os
@@ -21,42 +20,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from searchtune import records
+from searchtune.data import sample_data
 from searchtune.errors import SearchtuneError
 from searchtune.io import storage
+from searchtune.params import IngestParams
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "validation", "test")
+SPLITS = records.SPLITS
 CANONICAL_COLUMNS = ["query", "product_text", "label", "grade", "target", "query_group"]
 TEXT_SEPARATOR = " | "
 READERS = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
-
-
-@dataclasses.dataclass(frozen=True)
-class ColumnMapping:
-    """Which input columns hold the query, the product text and the label.
-
-    Args:
-        query: the search query column.
-        text: one or more product text columns (title, description, brand...), joined
-            with `` | `` in this order; a row needs at least one non-empty one.
-        label: the judgement column: graded relevance, or clicks already 0/1.
-        positive_threshold: a graded label ``>=`` this is positive. None means the label
-            is already binary and must be 0 or 1.
-        label_min: smallest valid graded label (ignored for binary labels).
-        label_max: largest valid graded label (ignored for binary labels).
-    """
-
-    query: str = "search_term"
-    text: tuple[str, ...] = ("product_title",)
-    label: str = "relevance"
-    positive_threshold: float | None = 2.5
-    label_min: float = 1.0
-    label_max: float = 3.0
-
-    @property
-    def columns(self) -> list[str]:
-        return [self.query, *self.text, self.label]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,19 +77,24 @@ def read_table(path: str) -> pd.DataFrame:
     return frame
 
 
-def read_sources(data: str, mapping: ColumnMapping) -> tuple[pd.DataFrame, list[str]]:
+def input_columns(params: IngestParams) -> list[str]:
+    return [params.query_column, *params.text_column_list, params.label_column]
+
+
+def read_sources(data: str, params: IngestParams) -> tuple[pd.DataFrame, list[str]]:
     """Read every file under ``data`` (file, folder or glob; local or gs://) and keep the mapped columns."""
     sources = storage.expand(data)
     frames = []
     for source in sources:
         frame = read_table(source)
-        missing = [column for column in mapping.columns if column not in frame.columns]
+        columns = input_columns(params)
+        missing = [column for column in columns if column not in frame.columns]
         if missing:
             raise SearchtuneError(
                 f"{source}: missing column(s) {', '.join(repr(c) for c in missing)}; "
                 f"columns found: {', '.join(repr(str(c)) for c in frame.columns)}"
             )
-        frame = frame[mapping.columns].copy()
+        frame = frame[columns].copy()
         frame["source"] = source
         frame["source_row"] = np.arange(len(frame), dtype=np.int64)
         frames.append(frame)
@@ -127,19 +107,19 @@ def _clean_text(values: pd.Series) -> pd.Series:
     return text.mask(text.str.lower().isin(["nan", "none", "null"]), "")
 
 
-def validate(raw: pd.DataFrame, mapping: ColumnMapping) -> tuple[pd.DataFrame, pd.DataFrame]:
+def validate(raw: pd.DataFrame, params: IngestParams) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split raw rows into canonical clean rows and rejected rows with a reason each."""
-    query = _clean_text(raw[mapping.query])
-    text_parts = [_clean_text(raw[column]) for column in mapping.text]
+    query = _clean_text(raw[params.query_column])
+    text_parts = [_clean_text(raw[column]) for column in params.text_column_list]
     product_text = text_parts[0]
     for part in text_parts[1:]:
         both = (product_text != "") & (part != "")
         product_text = (product_text + np.where(both, TEXT_SEPARATOR, "") + part).str.strip()
-    grade = pd.to_numeric(raw[mapping.label], errors="coerce").astype("float64")
+    grade = pd.to_numeric(raw[params.label_column], errors="coerce").astype("float64")
     grade = grade.where(np.isfinite(grade))
 
     reason = pd.Series("", index=raw.index, dtype="object")
-    label_text = raw[mapping.label].astype("string").fillna("")
+    label_text = raw[params.label_column].astype("string").fillna("")
 
     def reject(mask: pd.Series, why) -> None:
         mask = mask & (reason == "")
@@ -147,18 +127,17 @@ def validate(raw: pd.DataFrame, mapping: ColumnMapping) -> tuple[pd.DataFrame, p
             reason[mask] = why(mask) if callable(why) else why
 
     reject(query == "", "missing or empty query")
-    reject(product_text == "", f"missing or empty product text ({', '.join(mapping.text)})")
+    reject(product_text == "", f"missing or empty product text ({', '.join(params.text_column_list)})")
     reject(grade.isna(), lambda m: "label " + label_text[m].str.slice(0, 40).map(repr) + " is not a number")
-    if mapping.positive_threshold is None:
+    if params.binary_labels:
         reject(~grade.isin([0.0, 1.0]), lambda m: "label " + grade[m].map(str) + " is not 0 or 1 (binary labels)")
         label = grade
         target = grade
     else:
-        out_of_range = (grade < mapping.label_min) | (grade > mapping.label_max)
-        reject(out_of_range, lambda m: "label " + grade[m].map(str) + f" outside [{mapping.label_min:g}, {mapping.label_max:g}]")
-        label = (grade >= mapping.positive_threshold).astype("float64")
-        span = mapping.label_max - mapping.label_min
-        target = ((grade - mapping.label_min) / span) if span > 0 else label
+        out_of_range = (grade < params.label_min) | (grade > params.label_max)
+        reject(out_of_range, lambda m: "label " + grade[m].map(str) + f" outside [{params.label_min:g}, {params.label_max:g}]")
+        label = (grade >= params.positive_threshold).astype("float64")
+        target = (grade - params.label_min) / (params.label_max - params.label_min)
 
     bad = reason != ""
     rejects = raw[bad].astype(str).assign(reason=reason[bad])
@@ -200,56 +179,61 @@ def fingerprint(clean: pd.DataFrame) -> str:
     return hashlib.sha256(row_hashes.tobytes()).hexdigest()
 
 
-def split_stats(frame: pd.DataFrame) -> dict:
-    return {
-        "rows": int(len(frame)),
-        "queries": int(frame["query_group"].nunique()),
-        "positive_rate": round(float(frame["label"].mean()), 4) if len(frame) else math.nan,
-    }
+def split_stats(frame: pd.DataFrame) -> records.SplitStats:
+    return records.SplitStats(
+        rows=int(len(frame)),
+        queries=int(frame["query_group"].nunique()),
+        positive_rate=round(float(frame["label"].mean()), 4) if len(frame) else math.nan,
+    )
+
+
+def reason_counts(rejects: pd.DataFrame) -> dict[str, int]:
+    """Rejected rows per kind of reason (the value itself left out: 'label is not a number')."""
+    if rejects.empty:
+        return {}
+    kinds = rejects["reason"].str.replace(r"label .* (is not|outside)", r"label \1", regex=True)
+    return {str(kind): int(count) for kind, count in kinds.value_counts().items()}
 
 
 def ingest(
-    data: str,
     output_dir: str,
-    mapping: ColumnMapping = ColumnMapping(),
-    max_reject_ratio: float = 0.05,
+    params: IngestParams,
     fractions: SplitFractions = SplitFractions(),
     rejects_path: str | None = None,
-) -> dict:
+) -> records.IngestStats:
     """Run the ingest step.
 
     Args:
-        data: a file, folder or glob of CSV/Parquet/JSONL files, local or gs://.
         output_dir: local directory that receives the splits and ``stats.json``.
-        mapping: which columns hold query, product text and label.
-        max_reject_ratio: fail when more than this share of rows is rejected.
+        params: where the data is (``params.data``; empty = the bundled sample) and which
+            columns hold query, product text and label.
         fractions: query shares of the train and validation splits.
         rejects_path: where to write the rejected rows (default ``output_dir/rejects.parquet``).
 
     Returns:
-        The stats written to ``stats.json``.
+        The stats, also written to ``stats.json``.
 
     Raises:
         SearchtuneError: unreadable or empty input, a missing column, too many rejects,
             or a split left without both classes.
     """
-    raw, sources = read_sources(data, mapping)
-    clean, rejects = validate(raw, mapping)
+    raw, sources = read_sources(params.data or sample_data.default_sample_path(), params)
+    clean, rejects = validate(raw, params)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rejects_path = rejects_path or str(out / "rejects.parquet")
+    rejects_path = rejects_path or str(out / records.REJECTS_FILE)
     Path(rejects_path).parent.mkdir(parents=True, exist_ok=True)
     rejects.to_parquet(rejects_path, index=False)
     reject_ratio = len(rejects) / len(raw)
+    by_reason = reason_counts(rejects)
     log.info("validated %d rows: %d clean, %d rejected (%.2f%%)", len(raw), len(clean), len(rejects), 100 * reject_ratio)
-    if len(rejects):
-        for why, count in rejects["reason"].str.replace(r"label .* (is not|outside)", r"label \1", regex=True).value_counts().head(5).items():
-            log.info("  rejected %d: %s", count, why)
-    if reject_ratio > max_reject_ratio:
+    for why, count in list(by_reason.items())[:5]:
+        log.info("  rejected %d: %s", count, why)
+    if reject_ratio > params.max_reject_ratio:
         examples = "; ".join(f"{r.source}:{r.source_row}: {r.reason}" for r in rejects.head(3).itertuples())
         raise SearchtuneError(
             f"{len(rejects)} of {len(raw)} rows ({reject_ratio:.1%}) were rejected, above max_reject_ratio "
-            f"{max_reject_ratio:.1%}; e.g. {examples}; all rejected rows are in {rejects_path}"
+            f"{params.max_reject_ratio:.1%}; e.g. {examples}; all rejected rows are in {rejects_path}"
         )
 
     before = len(clean)
@@ -258,17 +242,7 @@ def ingest(
     log.info("dropped %d exact duplicate rows", duplicates)
 
     clean["split"] = assign_splits(clean["query_group"], fractions)
-    stats = {
-        "fingerprint": fingerprint(clean),
-        "sources": sources,
-        "column_mapping": dataclasses.asdict(mapping),
-        "split_fractions": dataclasses.asdict(fractions),
-        "rows_read": int(len(raw)),
-        "rows_rejected": int(len(rejects)),
-        "duplicates_dropped": int(duplicates),
-        "rows_kept": int(len(clean)),
-        "splits": {},
-    }
+    split_stats_by_name = {}
     for split in SPLITS:
         part = clean[clean["split"] == split][CANONICAL_COLUMNS].reset_index(drop=True)
         if part["label"].nunique() < 2:
@@ -276,14 +250,26 @@ def ingest(
                 f"the {split} split has {len(part)} rows and {part['label'].nunique()} label class(es); "
                 "need both positives and negatives (more data, or check --positive-threshold)"
             )
-        part.to_parquet(out / f"{split}.parquet", index=False)
-        stats["splits"][split] = split_stats(part)
-        log.info("wrote %s: %s", split, stats["splits"][split])
-    (out / "stats.json").write_text(json.dumps(stats, indent=2))
-    log.info("data fingerprint %s", stats["fingerprint"])
+        part.to_parquet(out / records.split_file(split), index=False)
+        split_stats_by_name[split] = split_stats(part)
+        log.info("wrote %s: %s", split, split_stats_by_name[split])
+    stats = records.IngestStats(
+        fingerprint=fingerprint(clean),
+        sources=sources,
+        column_mapping=params.model_dump(exclude={"data", "max_reject_ratio"}),
+        split_fractions=dataclasses.asdict(fractions),
+        rows_read=int(len(raw)),
+        rows_rejected=int(len(rejects)),
+        rejects_by_reason=by_reason,
+        duplicates_dropped=int(duplicates),
+        rows_kept=int(len(clean)),
+        splits=split_stats_by_name,
+    )
+    stats.write(output_dir)
+    log.info("data fingerprint %s", stats.fingerprint)
     return stats
 
 
 def read_split(splits_dir: str, split: str) -> pd.DataFrame:
     """Load one split written by :func:`ingest`."""
-    return pd.read_parquet(Path(splits_dir) / f"{split}.parquet")
+    return pd.read_parquet(Path(splits_dir) / records.split_file(split))

@@ -6,15 +6,13 @@ the training data (the next run's drift reference) and the lineage (data fingerp
 exact input URIs, parameters, code version, run id).
 
 The blessing was decided against whatever ``production`` pointed at during evaluation.
-Another run may have moved the alias since; then the same gate is applied again against
-the new production model before the alias is moved, and if the candidate no longer
-passes, the version stays registered but is not promoted.
+Another run may have moved the alias since; then the version stays registered but is not
+promoted, because the candidate was never compared with the new production model on the
+same rows (a recorded AUC from another test split is no comparison).
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import logging
 import os
 import shutil
@@ -22,26 +20,14 @@ import subprocess
 import tempfile
 
 import searchtune
+from searchtune import records
 from searchtune.errors import SearchtuneError
-from searchtune.io import storage
-from searchtune.registry import PRODUCTION, AliasConflict, ModelRegistry
-from searchtune.steps import blessing as gate
+from searchtune.registry import AliasConflict, ModelRegistry
 
 log = logging.getLogger(__name__)
 
 REFERENCE_SAMPLE_ROWS = 5000
 REFERENCE_COLUMNS = ["query", "product_text", "label"]
-_MAX_ALIAS_ATTEMPTS = 10
-
-
-def _read_json(path: str) -> dict:
-    try:
-        with open(path) as handle:
-            return json.load(handle)
-    except FileNotFoundError:
-        raise SearchtuneError(f"{path}: missing") from None
-    except json.JSONDecodeError as error:
-        raise SearchtuneError(f"{path}: not valid JSON ({error})") from None
 
 
 def code_version() -> dict:
@@ -88,151 +74,173 @@ def write_reference_sample(train_parquet: str, out_path: str, rows: int = REFERE
     return len(frame)
 
 
-def _stage_version(staging: str, model_dir: str, splits_dir: str, evaluation_dir: str, run_id: str,
-                   parameters: dict) -> dict:
+def build_lineage(run: records.RunRecord, stats: records.IngestStats, model: records.ModelRecord,
+                  evaluation: records.Evaluation, reference_rows: int) -> records.Lineage:
+    """Where a version came from, assembled from the upstream steps' records."""
+    return records.Lineage(
+        run_id=run.run_id,
+        created_at=records.now(),
+        parameters=run.parameters,
+        data={"fingerprint": stats.fingerprint, "sources": stats.sources, "data_version": run.data_version,
+              "files": [f.model_dump() for f in run.data_files], "splits": {k: v.model_dump() for k, v in stats.splits.items()}},
+        base_model=model.base_model,
+        blessing=evaluation.blessing,
+        reference_sample_rows=reference_rows,
+        code=code_version(),
+    )
+
+
+def _stage_version(staging: str, model_dir: str, splits_dir: str, evaluation_dir: str, run: records.RunRecord) -> records.Lineage:
     """Fill ``staging`` with the version's files; return the lineage record."""
     if not os.path.isdir(model_dir):
         raise SearchtuneError(f"{model_dir}: model folder missing")
+    model = records.ModelRecord.read(model_dir)
     shutil.copytree(model_dir, staging, dirs_exist_ok=True)
-    for name in ("evaluation.json", "blessing.json"):
-        source = os.path.join(evaluation_dir, name)
-        if not os.path.isfile(source):
-            raise SearchtuneError(f"{source}: missing")
-        if os.path.exists(os.path.join(staging, name)):
-            raise SearchtuneError(f"{model_dir}: contains {name}, which the evaluation step provides")
-        shutil.copyfile(source, os.path.join(staging, name))
-    rows = write_reference_sample(os.path.join(splits_dir, "train.parquet"),
-                                  os.path.join(staging, "reference_sample.parquet"))
-    stats = _read_json(os.path.join(splits_dir, "stats.json"))
-    lineage = {
-        "run_id": run_id,
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "data": {
-            "fingerprint": stats.get("fingerprint"),
-            "sources": stats.get("sources", []),
-            "splits": stats.get("splits"),
-        },
-        "reference_sample_rows": rows,
-        "parameters": parameters,
-        "code": code_version(),
-    }
-    with open(os.path.join(staging, "lineage.json"), "w") as handle:
-        json.dump(lineage, handle, indent=2, sort_keys=True)
+    evaluation = records.Evaluation.read(evaluation_dir)
+    for record in (evaluation, evaluation.blessing):
+        if os.path.exists(record.path(staging)):
+            raise SearchtuneError(f"{model_dir}: contains {record.FILE}, which the evaluation step provides")
+        record.write(staging)
+    rows = write_reference_sample(os.path.join(splits_dir, records.split_file("train")),
+                                  os.path.join(staging, records.REFERENCE_SAMPLE_FILE))
+    lineage = build_lineage(run, records.IngestStats.read(splits_dir), model, evaluation, rows)
+    lineage.write(staging)
     log.info("staged version: model files from %s, %d reference rows, lineage with %d source(s)",
-             model_dir, rows, len(lineage["data"]["sources"]))
+             model_dir, rows, len(lineage.data["sources"]))
     return lineage
 
 
-def _promote(registry: ModelRegistry, model_name: str, version: int, blessing: dict, run_id: str,
+def _promote(registry: ModelRegistry, model_name: str, version: int, blessing: records.Blessing, run_id: str,
              actor: str) -> tuple[bool, str, int | None, int | None]:
-    """Move production to ``version`` by compare-and-swap, re-gating if it moved since evaluation.
+    """Move production to ``version`` by compare-and-swap from the version it was evaluated against.
+
+    A candidate is never promoted on a comparison with a model it was not evaluated
+    against: if production moved since the evaluation, the version stays registered but
+    is not promoted, and the reason says which run to start.
 
     Returns:
         (promoted, reason, alias_before, alias_after).
     """
-    champion = blessing.get("champion")
-    expected = None if not champion else int(champion["version"])
-    decision = blessing
-    for _ in range(_MAX_ALIAS_ATTEMPTS):
-        try:
-            registry.move_alias(model_name, version, expected=expected, actor=actor, run_id=run_id,
-                                reason=decision["reason"])
-            return True, decision["reason"], expected, version
-        except AliasConflict as conflict:
-            now = None if conflict.current is None else int(conflict.current["version"])
-            if now == version:  # someone already made this very version production
-                return True, f"production already points at v{version}", now, now
-            log.warning("production moved since evaluation (expected %s, now %s); re-checking the gate",
-                        _v(expected), _v(now))
-            production = registry.production(model_name) if now is not None else None
-            new_champion = None if production is None else {"version": production["version"], "auc": production["auc"]}
-            decision = gate.decide(blessing["candidate"]["auc"], blessing["min_auc"], blessing["max_auc_drop"],
-                                   new_champion, candidate_id=run_id)
-            if not decision["blessed"]:
-                reason = (f"registered v{version} but did not promote it: production moved to {_v(now)} "
-                          f"after evaluation and {decision['reason']}")
-                return False, reason, now, now
-            expected = now
-    now_record = registry.alias(model_name, PRODUCTION)
-    now = None if now_record is None else int(now_record["version"])
-    return False, f"registered v{version} but did not promote it: production kept moving ({_MAX_ALIAS_ATTEMPTS} tries)", now, now
+    expected = blessing.production_version
+    try:
+        registry.move_alias(model_name, version, expected=expected, actor=actor, run_id=run_id, reason=blessing.reason)
+        return True, blessing.reason, expected, version
+    except AliasConflict as conflict:
+        now = None if conflict.current is None else int(conflict.current["version"])
+        if now == version:  # a retried task of ours already made this very version production
+            return True, f"production already points at v{version}", now, now
+        reason = (f"registered v{version} but did not promote it: production moved to {_v(now)} after evaluation, "
+                  f"and the candidate was evaluated against {_v(expected)} only; run the pipeline again to compare it "
+                  f"with {_v(now)}")
+        return False, reason, now, now
 
 
 def register_model(registry_root: str, model_name: str, model_dir: str, splits_dir: str, evaluation_dir: str,
-                   run_id: str, parameters: dict, actor: str = "searchtune-pipeline") -> dict:
-    """Register a blessed model as a new version and make it production if it still passes the gate.
+                   run_dir: str, actor: str = "searchtune-pipeline") -> records.Registration:
+    """Register a blessed model as a new version and make it production if production has not moved.
 
     Args:
         registry_root: the registry's root (local folder or ``gs://bucket/prefix``).
         model_name: the registered model's name.
-        model_dir: the fine-tune output (``adapter/``, ``tokenizer/``, ``searchtune_model.json``,
-            ``training_metrics.json``); everything in it is stored.
+        model_dir: the fine-tune output (``adapter/``, ``tokenizer/``, ``searchtune_model.json``);
+            everything in it is stored.
         splits_dir: the ingest output (``train.parquet`` ..., ``stats.json``).
         evaluation_dir: the evaluate output (``evaluation.json``, ``blessing.json``).
-        run_id: the pipeline run's id, recorded in the manifest, lineage and alias history.
-        parameters: the run's parameters, recorded in the lineage.
+        run_dir: the preflight output (``run.json``: run id, every parameter, the input files).
         actor: who registers (recorded as ``created_by`` and ``moved_by``).
 
     Returns:
-        ``{version, promoted, reason, alias_before, alias_after, registry_uri, model}``.
+        The registration record.
 
     Raises:
         SearchtuneError: the blessing says the model is not blessed, or an input is missing.
     """
-    blessing = _read_json(os.path.join(evaluation_dir, "blessing.json"))
-    if not blessing.get("blessed"):
-        raise SearchtuneError(f"refusing to register: the model is not blessed ({blessing.get('reason', 'no reason given')})")
-    for key in ("candidate", "min_auc", "max_auc_drop"):
-        if key not in blessing:
-            raise SearchtuneError(f"{os.path.join(evaluation_dir, 'blessing.json')}: missing '{key}'")
+    blessing = records.Blessing.read(evaluation_dir)
+    if not blessing.blessed:
+        raise SearchtuneError(f"refusing to register: the model is not blessed ({blessing.reason})")
+    run = records.RunRecord.read(run_dir)
     registry = ModelRegistry(registry_root)
     # A retried register task (KFP retry policy, preempted pod) finds its own version
     # instead of adding a second copy of the same model.
-    manifest = next((m for m in registry.versions(model_name) if run_id and m.get("run_id") == run_id), None)
+    manifest = next((m for m in registry.versions(model_name) if run.run_id and m.get("run_id") == run.run_id), None)
     if manifest is not None:
-        log.info("run %s already registered %s v%d; reusing it", run_id, model_name, manifest["version"])
+        log.info("run %s already registered %s v%d; reusing it", run.run_id, model_name, manifest["version"])
     else:
-        manifest = _register_new_version(registry, model_name, model_dir, splits_dir, evaluation_dir, run_id,
-                                         parameters, actor, blessing)
+        manifest = _register_new_version(registry, model_name, model_dir, splits_dir, evaluation_dir, run, actor, blessing)
     version = manifest["version"]
-    promoted, reason, before, after = _promote(registry, model_name, version, blessing, run_id, actor)
-    outcome = {
-        "model": model_name,
-        "version": version,
-        "promoted": promoted,
-        "reason": reason,
-        "alias_before": before,
-        "alias_after": after,
-        "registry_uri": manifest["uri"],
-    }
+    promoted, reason, before, after = _promote(registry, model_name, version, blessing, run.run_id, actor)
+    outcome = records.Registration(model=model_name, version=version, promoted=promoted, reason=reason,
+                                   alias_before=before, alias_after=after, registry_uri=manifest["uri"])
     if promoted:
         log.info("registered %s v%d at %s and moved production %s -> v%d", model_name, version,
                  manifest["uri"], _v(before), version)
     else:
         log.warning("%s (%s)", reason, manifest["uri"])
+    registry.record_candidate(model_name, candidate_record(blessing, run.run_id, outcome))
     return outcome
 
 
-def _register_new_version(registry: ModelRegistry, model_name: str, model_dir: str, splits_dir: str,
-                          evaluation_dir: str, run_id: str, parameters: dict, actor: str, blessing: dict) -> dict:
+def candidate_record(blessing: records.Blessing, run_id: str, registration: records.Registration | None = None) -> dict:
+    """What the registry's candidates log keeps of one evaluated candidate (``searchtune models candidates``)."""
+    estimate = blessing.gate_estimate()
+    entry = {
+        "run_id": run_id, "blessed": blessing.blessed, "decided_by": blessing.decided_by,
+        "reason": registration.reason if registration and not registration.promoted else blessing.reason,
+        "gate_metric": blessing.rule.gate_metric, "value": None if estimate is None else estimate.value,
+        "low": None if estimate is None else estimate.low, "high": None if estimate is None else estimate.high,
+        "production_version": blessing.production_version,
+    }
+    if registration is not None:
+        entry.update(version=registration.version, promoted=registration.promoted)
+    return entry
+
+
+def record_refusal(registry_root: str, model_name: str, evaluation_dir: str, run_dir: str) -> dict:
+    """Log a candidate the gate refused in the registry's candidates log; nothing else changes.
+
+    Args:
+        registry_root: the registry's root.
+        model_name: the registered model's name.
+        evaluation_dir: the evaluate output (``blessing.json``).
+        run_dir: the preflight output (``run.json``).
+
+    Returns:
+        The stored candidate record.
+
+    Raises:
+        SearchtuneError: the blessing says the candidate was blessed (then register it instead).
+    """
+    blessing = records.Blessing.read(evaluation_dir)
+    if blessing.blessed:
+        raise SearchtuneError("the candidate was blessed: the register step records it, not this one")
+    run = records.RunRecord.read(run_dir)
+    entry = ModelRegistry(registry_root).record_candidate(model_name, candidate_record(blessing, run.run_id))
+    log.info("recorded refused candidate of run %s in %s: %s", run.run_id, entry["uri"], blessing.reason)
+    return entry
+
+
+def _register_new_version(registry: ModelRegistry, model_name: str, model_dir: str, splits_dir: str, evaluation_dir: str,
+                          run: records.RunRecord, actor: str, blessing: records.Blessing) -> dict:
     with tempfile.TemporaryDirectory(prefix="searchtune-register-") as staging:
-        lineage = _stage_version(staging, model_dir, splits_dir, evaluation_dir, run_id, parameters)
+        lineage = _stage_version(staging, model_dir, splits_dir, evaluation_dir, run)
         manifest = registry.register_version(model_name, staging, {
-            "run_id": run_id,
+            "run_id": run.run_id,
             "created_by": actor,
-            "auc": blessing["candidate"]["auc"],
+            **gate_metadata(blessing),
             "blessed": True,
-            "blessing_reason": blessing.get("reason", ""),
-            "data_fingerprint": lineage["data"]["fingerprint"],
-            "code": lineage["code"],
+            "blessing_reason": blessing.reason,
+            "data_fingerprint": lineage.data["fingerprint"],
+            "code": lineage.code,
         })
     return manifest
 
 
+def gate_metadata(blessing: records.Blessing) -> dict:
+    """The candidate's gate metric and interval, kept in the manifest for listings."""
+    estimate = blessing.gate_estimate()
+    return {"gate_metric": blessing.rule.gate_metric, "auc": None if estimate is None else estimate.value,
+            "auc_low": None if estimate is None else estimate.low, "auc_high": None if estimate is None else estimate.high}
+
+
 def _v(version: int | None) -> str:
     return "nothing" if version is None else f"v{version}"
-
-
-def write_outcome(outcome: dict, path: str) -> None:
-    """Save the outcome as JSON (used by the KFP component for its output artifact)."""
-    storage.write_bytes(path, (json.dumps(outcome, indent=2, sort_keys=True) + "\n").encode())

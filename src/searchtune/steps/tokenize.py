@@ -7,7 +7,6 @@ as Parquet list columns. For every split this writes ``<split>.parquet`` with
 ``label``; and ``tokenize_stats.json`` with length statistics and truncation rates.
 """
 
-import json
 import logging
 from pathlib import Path
 
@@ -15,8 +14,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from searchtune import records
 from searchtune.ml import modeling
 from searchtune.ml.tokens import encode_pairs
+from searchtune.params import ModelParams
 from searchtune.steps import ingest
 
 log = logging.getLogger(__name__)
@@ -34,40 +35,37 @@ def length_stats(lengths: np.ndarray, max_length: int) -> dict:
     }
 
 
-def tokenize(splits_dir: str, output_dir: str, base_model: str, architecture: str = modeling.DEFAULT_ARCHITECTURE, max_length: int = 64) -> dict:
+def tokenize(splits_dir: str, output_dir: str, params: ModelParams) -> records.TokenizeStats:
     """Run the tokenize step.
 
     Args:
         splits_dir: output of the ingest step.
         output_dir: local directory for the tokenized splits, the tokenizer and stats.
-        base_model: Hugging Face model id or path whose tokenizer is used ('' = bundled MiniLM).
-        architecture: ``bi-encoder`` or ``cross-encoder``; decides how pairs are encoded.
-        max_length: truncation length in tokens.
+        params: the base model (whose tokenizer is used), the architecture (how a pair is
+            encoded) and the truncation length.
 
     Returns:
-        The statistics written to ``tokenize_stats.json``.
+        The statistics, also written to ``tokenize_stats.json``.
     """
-    modeling.check_architecture(architecture)
-    if max_length < 8:
-        from searchtune.errors import SearchtuneError
-
-        raise SearchtuneError(f"max_length {max_length} is too small; use at least 8 tokens")
-    tokenizer = modeling.load_tokenizer(modeling.resolve_base_model(base_model))
+    tokenizer = modeling.load_tokenizer(modeling.resolve_base_model(params.base_model))
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stats = {"architecture": architecture, "max_length": max_length, "tokenizer": tokenizer.name_or_path, "splits": {}}
-    for split in ingest.SPLITS:
+    split_records = {}
+    for split in records.SPLITS:
         frame = ingest.read_split(splits_dir, split)
-        columns, lengths = encode_pairs(tokenizer, architecture, frame["query"].tolist(), frame["product_text"].tolist(), max_length)
+        columns, lengths = encode_pairs(tokenizer, params.architecture, frame["query"].tolist(), frame["product_text"].tolist(),
+                                        params.max_length)
         table = pa.table({"label": pa.array(frame["label"].to_numpy(), pa.int8()),
                           "target": pa.array(frame["target"].to_numpy(), pa.float32()),
                           **{name: pa.array(ids, pa.list_(ID_TYPES[name])) for name, ids in columns.items()}})
-        pq.write_table(table, out / f"{split}.parquet")
-        split_stats = {field: length_stats(values, max_length) for field, values in lengths.items()}
-        real_tokens = int(sum(np.minimum(values, max_length).sum() for values in lengths.values()))
-        stats["splits"][split] = {"rows": len(frame), "tokens": real_tokens, **split_stats}
+        pq.write_table(table, out / records.split_file(split))
+        split_stats = {field: length_stats(values, params.max_length) for field, values in lengths.items()}
+        real_tokens = int(sum(np.minimum(values, params.max_length).sum() for values in lengths.values()))
+        split_records[split] = {"rows": len(frame), "tokens": real_tokens, **split_stats}
         log.info("tokenized %s: %d rows, %d tokens, %s", split, len(frame), real_tokens, split_stats)
-    (out / "tokenize_stats.json").write_text(json.dumps(stats, indent=2))
-    tokenizer.save_pretrained(out / "tokenizer")
+    stats = records.TokenizeStats(architecture=params.architecture, max_length=params.max_length,
+                                  tokenizer=tokenizer.name_or_path, splits=split_records)
+    stats.write(output_dir)
+    tokenizer.save_pretrained(out / records.TOKENIZER_DIR)
     log.info("wrote tokenized splits and tokenizer to %s", out)
     return stats

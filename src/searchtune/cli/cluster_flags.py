@@ -1,0 +1,69 @@
+"""The cluster settings as command-line flags, shared by ``searchtune compile`` and ``submit``."""
+
+import argparse
+
+from searchtune.orchestration import images
+from searchtune.orchestration.cluster import ClusterSettings, parse_node_selector, parse_toleration
+
+
+def add_compile_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the cluster options shared by ``searchtune compile`` and ``searchtune submit``.
+
+    Args:
+        parser: The sub-command's parser.
+    """
+    defaults = ClusterSettings()
+    group = parser.add_argument_group("cluster settings")
+    group.add_argument("--image-prefix", default=None,
+                       help=f"registry path of the images, REGISTRY/PATH (default {images.IMAGE_PREFIX})")
+    group.add_argument("--image-tag", default=None, help=f"tag of the images (default {images.IMAGE_TAG})")
+    group.add_argument("--gpu-count", type=int, default=defaults.gpu_count,
+                       help="GPUs for the fine-tune task; 0 trains on CPU (default %(default)s)")
+    group.add_argument("--accelerator-type", default=defaults.accelerator_type,
+                       help="accelerator resource: nvidia.com/gpu on Kubeflow, e.g. NVIDIA_L4 on Vertex AI "
+                            "(default %(default)s)")
+    group.add_argument("--node-selector", action="append", default=[], metavar="KEY=VALUE",
+                       help="node label the fine-tune pod must match; repeatable, empty = none "
+                            "(e.g. cloud.google.com/gke-accelerator=nvidia-l4)")
+    group.add_argument("--toleration", action="append", default=[], metavar="KEY[=VALUE]:EFFECT",
+                       help="taint the fine-tune pod tolerates; repeatable, empty = none (e.g. nvidia.com/gpu:NoSchedule)")
+    group.add_argument("--shm-size", default=defaults.shm_size,
+                       help="size limit of the fine-tune pod's memory-backed /dev/shm (default %(default)s)")
+    group.add_argument("--retries", type=int, default=defaults.retries,
+                       help="retries of the fine-tune task, e.g. after preemption (default %(default)s)")
+    group.add_argument("--cpu-retries", type=int, default=defaults.cpu_retries,
+                       help="retries of each CPU task (default %(default)s)")
+    group.add_argument("--finetune-cpu", default=defaults.finetune_cpu,
+                       help="CPU request of the fine-tune task (default %(default)s)")
+    group.add_argument("--finetune-memory", default=defaults.finetune_memory,
+                       help="memory of the fine-tune task (default %(default)s)")
+    group.add_argument("--cpu-task-cpu", default=defaults.cpu_task_cpu,
+                       help="CPU request of each CPU task (default %(default)s)")
+    group.add_argument("--cpu-task-memory", default=defaults.cpu_task_memory,
+                       help="memory of each CPU task (default %(default)s)")
+
+
+def settings_from_args(args: argparse.Namespace, enable_caching: bool | None = None) -> ClusterSettings:
+    """Build ClusterSettings from the options added by ``add_compile_arguments``.
+
+    Args:
+        args: Parsed arguments.
+        enable_caching: Caching of every task; None keeps KFP's default.
+    """
+    return ClusterSettings(
+        image_prefix=args.image_prefix,
+        image_tag=args.image_tag,
+        gpu_count=args.gpu_count,
+        accelerator_type=args.accelerator_type,
+        # An empty value adds nothing, so a ConfigMap-driven command line can leave one blank.
+        node_selector=dict(parse_node_selector(item) for item in args.node_selector if item),
+        tolerations=tuple(parse_toleration(item) for item in args.toleration if item),
+        shm_size=args.shm_size,
+        retries=args.retries,
+        cpu_retries=args.cpu_retries,
+        finetune_cpu=args.finetune_cpu,
+        finetune_memory=args.finetune_memory,
+        cpu_task_cpu=args.cpu_task_cpu,
+        cpu_task_memory=args.cpu_task_memory,
+        enable_caching=enable_caching,
+    )

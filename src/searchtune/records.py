@@ -1,0 +1,285 @@
+"""What crosses a step boundary: every file name, and a typed record for every JSON file.
+
+A step writes its record with ``record.write(folder)`` and returns it; the next step (or
+the KFP component around the step, or the CLI) reads it back with ``Record.read(folder)``.
+Reading validates the content, so a missing key or a wrong type is one clear error at
+the boundary instead of a ``KeyError`` three modules later. The file names below are the
+only place they are spelled.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from searchtune.errors import SearchtuneError
+from searchtune.ml.stats import StatsResult
+from searchtune.params import GateParams
+
+# --- files that are not JSON records ---------------------------------------------------
+SPLITS = ("train", "validation", "test")
+REJECTS_FILE = "rejects.parquet"
+TOKENIZER_DIR = "tokenizer"
+ADAPTER_DIR = "adapter"
+HEAD_FILE = "head.safetensors"
+REFERENCE_SAMPLE_FILE = "reference_sample.parquet"
+CHAMPION_MODEL_DIR = "model"
+DRIFT_HTML_FILE = "drift_report.html"
+DRIFT_JSON_FILE = "drift_report.json"
+SUMMARY_FILE = "summary.md"
+PREDICTIONS_FILE = "predictions.parquet"
+
+
+def split_file(split: str) -> str:
+    """The ingest step's file of one split."""
+    return f"{split}.parquet"
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class Record(BaseModel):
+    """A JSON file with a fixed name inside a step's output folder."""
+
+    FILE: ClassVar[str]
+    # Unknown keys are ignored so a newer run can read what an older one registered.
+    model_config = ConfigDict(extra="ignore")
+
+    @classmethod
+    def path(cls, folder: str) -> str:
+        return os.path.join(folder, cls.FILE)
+
+    def write(self, folder: str) -> str:
+        """Write the record as ``<folder>/<FILE>`` (atomically) and return the path."""
+        os.makedirs(folder, exist_ok=True)
+        path = self.path(folder)
+        temp = f"{path}.{os.getpid()}.tmp"
+        with open(temp, "w", encoding="utf-8") as handle:
+            handle.write(self.model_dump_json(indent=2) + "\n")
+        os.replace(temp, path)
+        return path
+
+    @classmethod
+    def read(cls, folder: str):
+        """Read ``<folder>/<FILE>``.
+
+        Raises:
+            SearchtuneError: the file is missing or does not hold this record.
+        """
+        path = cls.path(folder)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return cls.model_validate_json(handle.read())
+        except FileNotFoundError:
+            raise SearchtuneError(f"{path}: missing") from None
+        except ValidationError as error:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'record'}: {e['msg']}" for e in error.errors()[:3])
+            raise SearchtuneError(f"{path}: not a valid {cls.__name__} record ({problems})") from None
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str):
+        """Parse a record read from elsewhere (a registry object), naming ``where`` on error."""
+        try:
+            return cls.model_validate_json(data)
+        except ValidationError as error:
+            raise SearchtuneError(f"{where}: not a valid {cls.__name__} record ({error.errors()[0]['msg']})") from None
+
+
+# --- preflight --------------------------------------------------------------------------
+class DataFile(BaseModel):
+    uri: str
+    size: int
+    version: str  # GCS generation, or the local file's mtime in ns: changes whenever the content can have
+
+
+class RunRecord(Record):
+    """What the preflight step checked and fixed for this run: parameters, inputs, registry."""
+
+    FILE: ClassVar[str] = "run.json"
+    run_id: str
+    started_at: str
+    parameters: dict[str, Any]
+    data_files: list[DataFile]
+    data_version: str  # digest of data_files: the content key of the ingest step
+    base_model: str
+    registry_root: str
+    code: dict[str, Any]
+
+
+# --- ingest -----------------------------------------------------------------------------
+class SplitStats(BaseModel):
+    rows: int
+    queries: int
+    positive_rate: float
+
+
+class IngestStats(Record):
+    FILE: ClassVar[str] = "stats.json"
+    fingerprint: str
+    sources: list[str]
+    column_mapping: dict[str, Any]
+    split_fractions: dict[str, float]
+    rows_read: int
+    rows_rejected: int
+    rejects_by_reason: dict[str, int] = {}
+    duplicates_dropped: int
+    rows_kept: int
+    splits: dict[str, SplitStats]
+
+
+# --- tokenize ---------------------------------------------------------------------------
+class TokenizeStats(Record):
+    FILE: ClassVar[str] = "tokenize_stats.json"
+    architecture: str
+    max_length: int
+    tokenizer: str
+    splits: dict[str, dict[str, Any]]
+
+
+# --- fine-tune --------------------------------------------------------------------------
+class BaseModelRef(BaseModel):
+    name_or_path: str
+    sha256: str | None = None
+    weight_files: list[str] = []
+    bundled: bool = False
+
+
+class EpochRecord(BaseModel):
+    epoch: int
+    train_loss: float
+    validation_auc: float | None
+    examples_per_second: float
+    seconds: float
+    padding_efficiency: float
+
+
+class ModelRecord(Record):
+    """How a model was made; saved with it (``searchtune_model.json``) and read to load it."""
+
+    FILE: ClassVar[str] = "searchtune_model.json"
+    architecture: str
+    base_model: BaseModelRef
+    max_length: int
+    lora_r: int = 16
+    training: dict[str, Any]  # the TrainParams it was trained with
+    device: str = "cpu"
+    train_rows: int = 0
+    epochs: list[EpochRecord] = []
+    best_epoch: int = 0
+    best_validation_auc: float | None = None
+    training_seconds: float = 0.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lora_rank_of_older_records(cls, data: Any) -> Any:
+        # Versions registered before searchtune 0.2 kept the rank under "lora": {"r": ...}.
+        if isinstance(data, dict) and "lora_r" not in data and isinstance(data.get("lora"), dict):
+            data = {**data, "lora_r": data["lora"].get("r", 0)}
+        return data
+
+
+# --- champion (the production model, resolved before evaluation) --------------------------
+class ChampionRecord(Record):
+    FILE: ClassVar[str] = "champion.json"
+    found: bool
+    model_name: str
+    registry_root: str
+    version: int | None = None
+    uri: str | None = None
+    run_id: str | None = None
+    recorded_auc: float | None = None
+    # Set when a production model exists but could not be fetched: evaluation fails closed.
+    error: str | None = None
+    reference_rows: int = 0
+
+
+# --- evaluate ---------------------------------------------------------------------------
+class DriftSummary(BaseModel):
+    reference: str
+    current: str
+    drifted_columns: list[str]
+    columns: int
+    share_drifted: float
+    per_column: dict[str, Any] = {}
+    reference_rows: int
+    current_rows: int
+
+
+class Clause(BaseModel):
+    """One clause of the gate's rule, with the numbers it used."""
+
+    name: str
+    status: Literal["passed", "failed", "skipped"]
+    text: str
+    value: float | None = None
+    low: float | None = None
+    high: float | None = None
+    threshold: float | None = None
+    share_candidate_worse: float | None = None
+
+
+class Blessing(Record):
+    """The gate's verdict (TFX's blessing): what was decided, why, on which numbers, by which rule."""
+
+    FILE: ClassVar[str] = "blessing.json"
+    blessed: bool
+    reason: str
+    decided_by: str  # the first failed clause, or "all"
+    clauses: list[Clause]
+    rule: GateParams
+    statistics: StatsResult
+    candidate_id: str = ""
+    production_version: int | None = None
+    decided_at: str
+
+    def gate_estimate(self):
+        """The candidate's gate metric: value and interval (None if it could not be computed)."""
+        return self.statistics.estimate(self.statistics.candidate, self.rule.gate_metric)
+
+
+class Evaluation(Record):
+    FILE: ClassVar[str] = "evaluation.json"
+    test_rows: int
+    test_queries: int
+    production_version: int | None = None
+    drift: DriftSummary
+    roc_curve: dict[str, list[float]]
+    confusion_matrix: dict[str, Any]
+    blessing: Blessing
+    model: dict[str, Any]
+
+
+# --- register ---------------------------------------------------------------------------
+class Lineage(Record):
+    """Where a registered version came from: every parameter, the data, the base model, the verdict."""
+
+    FILE: ClassVar[str] = "lineage.json"
+    run_id: str
+    created_at: str
+    parameters: dict[str, Any]
+    data: dict[str, Any]
+    base_model: BaseModelRef
+    blessing: Blessing
+    reference_sample_rows: int
+    code: dict[str, Any]
+
+
+class Registration(Record):
+    FILE: ClassVar[str] = "registration.json"
+    model: str
+    version: int
+    promoted: bool
+    reason: str
+    alias_before: int | None
+    alias_after: int | None
+    registry_uri: str
+
+
+def dumps(record: BaseModel) -> str:
+    """A record as compact JSON (for KFP metadata and logs)."""
+    return json.dumps(record.model_dump(mode="json"), separators=(",", ":"))
