@@ -181,8 +181,14 @@ def _describe(error: dict, values: dict, flag_style: bool) -> str:
     name = str(error["loc"][0])
     shown = "--" + name.replace("_", "-") if flag_style else name
     if name in values:
-        return f"{shown} {values[name]!r}: {message}" if flag_style else f"{shown}={values[name]!r}: {message}"
+        value = _show(values[name])
+        return f"{shown} {value}: {message}" if flag_style else f"{shown}={value}: {message}"
     return f"{shown}: {message}"
+
+
+def _show(value: Any) -> str:
+    """A value as the user typed it: 1.5 and -1, not 1.5000 or -1.0; text quoted."""
+    return f"{value:g}" if isinstance(value, float) else repr(value)
 
 
 def _plain(error: dict) -> str:
@@ -191,7 +197,7 @@ def _plain(error: dict) -> str:
     bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
     if kind in bounds:
         limit = next(iter(context.values()))
-        return f"must be {bounds[kind]} {limit}"
+        return f"must be {bounds[kind]} {_show(limit) if isinstance(limit, float) else limit}"
     if kind == "finite_number":
         return "must be a finite number"
     if kind == "literal_error":

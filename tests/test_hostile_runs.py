@@ -1,0 +1,111 @@
+"""`searchtune run` against a careless or hostile user: every bad parameter or environment is
+refused with one line and exit code 2, before any training, and the registry stays as it was.
+
+Parameter errors are caught by the CLI itself (no step starts); problems only the preflight
+step can see (the registry, the base model, the LoRA targets, the input location) stop the
+run in its first step.
+"""
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from searchtune.registry import ModelRegistry
+
+
+def run_cli(*args: str, registry: Path, output: Path, timeout: int = 600) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "searchtune.cli", "run", "--registry", str(registry), "--output-dir", str(output), *args],
+        capture_output=True, text=True, timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    return result, time.monotonic() - started
+
+
+def tree_digest(root: Path) -> dict:
+    if not root.exists():
+        return {}
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def seeded_registry(tmp_path) -> Path:
+    """A registry holding one real version and a production alias."""
+    root = tmp_path / "registry"
+    model = tmp_path / "model"
+    (model / "adapter").mkdir(parents=True)
+    (model / "adapter" / "weights.bin").write_bytes(b"\x01" * 1000)
+    registry = ModelRegistry(str(root))
+    registry.register_version("searchtune-relevance", str(model), {"run_id": "seed"})
+    registry.move_alias("searchtune-relevance", 1, expected=None, actor="test", reason="seed")
+    return root
+
+
+BAD_PARAMETERS = [
+    (["--lora-r", "-1"], "--lora-r -1: must be >= 0"),
+    (["--min-auc", "1.5"], "--min-auc 1.5: must be <= 1"),
+    (["--min-auc", "-1"], "--min-auc -1: must be >= 0"),
+    (["--min-auc", "nan"], "--min-auc nan: must be a finite number"),
+    (["--max-auc-drop", "inf"], "--max-auc-drop inf: must be a finite number"),
+    (["--max-reject-ratio", "2"], "--max-reject-ratio 2: must be <= 1"),
+    (["--epochs", "0"], "--epochs 0: must be >= 1"),
+    (["--batch-size", "0"], "--batch-size 0: must be >= 1"),
+    (["--learning-rate", "0"], "--learning-rate 0: must be > 0"),
+    (["--max-length", "4"], "--max-length 4: must be >= 8"),
+    (["--confidence", "1"], "--confidence 1: must be < 1"),
+    (["--bootstrap-resamples", "10"], "--bootstrap-resamples 10: must be >= 1000"),
+    (["--model-name", "../escape"], "--model-name '../escape': may only hold letters"),
+    (["--text-columns", " , "], "text_columns names no column"),
+    (["--positive-threshold", "7"], "positive_threshold 7 must lie in"),
+    (["--label-min", "3", "--label-max", "1"], "label_min 3 must be below label_max 1"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_PARAMETERS, ids=[" ".join(a) for a, _ in BAD_PARAMETERS])
+def test_a_bad_parameter_is_refused_at_once_with_one_line(args, message, seeded_registry, tmp_path):
+    before = tree_digest(seeded_registry)
+    result, seconds = run_cli(*args, registry=seeded_registry, output=tmp_path / "runs")
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("searchtune: error: invalid parameters: ") and message in last, last
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists(), "no step may start"
+    assert tree_digest(seeded_registry) == before
+    assert seconds < 60
+
+
+def test_a_choice_outside_the_list_is_refused_by_the_flag_itself(seeded_registry, tmp_path):
+    result, _ = run_cli("--architecture", "tree", registry=seeded_registry, output=tmp_path / "runs")
+    assert result.returncode == 2 and "invalid choice: 'tree'" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_what_only_the_preflight_step_can_see_stops_the_run_in_its_first_step(seeded_registry, tmp_path):
+    """Each of these fails in the preflight step: nothing is ingested or trained, nothing registered."""
+    read_only = tmp_path / "read-only-registry"
+    read_only.mkdir()
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    cases = [
+        (["--registry", str(a_file / "registry")], "a folder on this path is a file"),
+        (["--base-model", str(tmp_path / "no-such-model")], "no-such-model"),
+        (["--lora-targets", "query,attention_everything"], "lora_targets attention_everything name no module"),
+        (["--data", str(tmp_path / "nothing-here" / "*.parquet")], "no files found"),
+    ]
+    before = tree_digest(seeded_registry)
+    for args, message in cases:
+        result, seconds = run_cli(*args, registry=seeded_registry, output=tmp_path / "runs")
+        last = result.stderr.strip().splitlines()[-1]
+        assert result.returncode == 2, (args, result.stderr[-2000:])
+        assert last.startswith("searchtune: error: step preflight failed: ") and message in last, (args, last)
+        assert "Traceback" not in result.stderr, args
+        assert seconds < 120, (args, seconds)
+    assert tree_digest(seeded_registry) == before
+    steps = {p.name for run in (tmp_path / "runs").iterdir() for kfp_run in run.iterdir() for p in kfp_run.iterdir()}
+    assert steps <= {"preflight"}, steps
