@@ -59,6 +59,18 @@ def test_the_fingerprint_names_the_models_files(trained_model_dir, tmp_path):
     assert embedding.model_fingerprint(str(copy)) != embedding.model_fingerprint(trained_model_dir)
 
 
-def test_a_negative_thread_count_is_refused():
+def test_a_negative_thread_count_or_an_unknown_engine_is_refused(trained_model_dir):
     with pytest.raises(SearchtuneError, match="thread count"):
         embedding.set_threads(-1)
+    with pytest.raises(SearchtuneError, match="unknown engine 'tensorrt'; choose one of auto, torch, onnx"):
+        embedding.TextEncoder(trained_model_dir, engine="tensorrt")
+
+
+def test_the_onnx_runtime_engine_gives_the_torch_vectors(encoder, trained_model_dir, splits_dir):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    assert encoder.engine == "onnx", "auto picks ONNX Runtime when it is installed"
+    by_torch = embedding.TextEncoder(trained_model_dir, threads=1, engine="torch")
+    assert by_torch.engine == "torch"
+    texts = ingest.read_split(splits_dir, "train")["product_text"].drop_duplicates().head(150).tolist() + ["a", "b c"]
+    assert np.abs(encoder.embed(texts) - by_torch.embed(texts)).max() <= embedding.ONNX_TOLERANCE

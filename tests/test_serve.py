@@ -154,3 +154,29 @@ def test_a_cross_encoder_reranks_texts_and_says_why_it_cannot_search(cross_encod
         status, body = post(f"{running.url}/v1/models/{NAME}:predict",
                             {"instances": [{"query": "drill", "candidates": [{"product_id": "100001"}]}]})
         assert status == 400 and "cross-encoder" in body["error"]
+
+
+def test_a_registry_version_copied_as_kserve_does_is_verified_then_served(trained_model_dir, splits_dir, registry_root,
+                                                                          tmp_path):
+    """The storage initializer copies the version prefix (model, index/, MANIFEST.json) to /mnt/models."""
+    import shutil
+
+    from searchtune.errors import SearchtuneError
+    from searchtune.io import storage
+    from searchtune.registry import ModelRegistry
+
+    staging = tmp_path / "staging"
+    shutil.copytree(trained_model_dir, staging)
+    index_step.build_index(trained_model_dir, splits_dir, str(staging / "index"), threads=1)
+    manifest = ModelRegistry(registry_root).register_version("searchtune-relevance", str(staging), {"run_id": "serve-test"})
+    assert any(entry["path"] == "index/index.faiss" for entry in manifest["files"])
+    mounted = tmp_path / "mnt-models"
+    storage.copy_tree(manifest["uri"], str(mounted))
+    with LocalServer(["--model-dir", str(mounted), "--model-name", NAME], str(tmp_path / "server.log")) as running:
+        status, body = post(f"{running.url}/v1/models/{NAME}-search:predict", {"instances": [{"query": "drill", "k": 3}]})
+        assert status == 200 and len(body["predictions"][0]["product_ids"]) == 3
+    index_file = mounted / "index" / "index.faiss"
+    index_file.write_bytes(index_file.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(SearchtuneError, match=r"index\.faiss: size or sha256 differs from .*MANIFEST\.json"):
+        with LocalServer(["--model-dir", str(mounted), "--model-name", NAME], str(tmp_path / "corrupt.log"), ready_timeout=120):
+            pass

@@ -6,6 +6,14 @@ pairs (``ml.scoring.score_frame``) up to float rounding: the same tokens (trunca
 same way, see ``ml.tokens``), the same mean pooling and the same head; only the LoRA
 update is folded into the weights once instead of being added on every forward pass.
 
+Engines (bi-encoder embeddings): ``torch`` runs the merged model eagerly; ``onnx`` exports it
+once at load (fp32, TorchScript exporter) and runs it with ONNX Runtime: the same vectors
+(checked at load: at most 1e-5 apart on a padded probe batch) in about half the time for a
+short query (5.2 ms vs 11.2 ms for 7 tokens on one core of the reference machine: ONNX
+Runtime's kernels have less per-operator overhead at this size). ``auto`` picks ``onnx``
+when ``onnx`` and ``onnxruntime`` are installed and the check passes, else ``torch``.
+No int8 path: on the test model int8 dynamic quantization moved logits by up to 0.88.
+
 A bi-encoder embeds each text apart, so product vectors can be computed ahead of time and
 a pair's logit is ``scale * dot(query_vector, product_vector) + bias`` on unit vectors. A
 cross-encoder reads the pair as one sequence: it has no product vectors and can only
@@ -17,6 +25,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +40,8 @@ from searchtune.ml.tokens import encode_pairs
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 64
+ENGINES = ("auto", "torch", "onnx")
+ONNX_TOLERANCE = 1e-5
 # Files whose bytes decide what a model computes; their digest names the model an index was built with.
 _FINGERPRINT_PARTS = (records.ADAPTER_DIR, records.HEAD_FILE, records.TOKENIZER_DIR, records.ModelRecord.FILE)
 
@@ -74,14 +86,59 @@ def _merge_lora(module: torch.nn.Module) -> torch.nn.Module:
     return module.merge_and_unload() if isinstance(module, PeftModel) else module
 
 
+class _EmbedModule(torch.nn.Module):
+    def __init__(self, model: modeling.BiEncoder):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model.embed(input_ids, attention_mask)
+
+
+class OnnxEmbedder:
+    """A bi-encoder's ``embed`` exported to ONNX (fp32) and run by ONNX Runtime.
+
+    Args:
+        model: the merged bi-encoder.
+        threads: ONNX Runtime intra-op threads (0 = one per core).
+    """
+
+    def __init__(self, model: modeling.BiEncoder, threads: int):
+        import onnxruntime
+
+        example = (torch.ones((2, 8), dtype=torch.long), torch.ones((2, 8), dtype=torch.long))
+        axes = {0: "batch", 1: "tokens"}
+        with tempfile.TemporaryDirectory(prefix="searchtune-onnx-") as folder, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's notes on Python control flow it folded into constants
+            path = os.path.join(folder, "embed.onnx")
+            torch.onnx.export(_EmbedModule(model).eval(), example, path, input_names=["input_ids", "attention_mask"],
+                              output_names=["embedding"], opset_version=17, dynamo=False,
+                              dynamic_axes={"input_ids": axes, "attention_mask": axes, "embedding": {0: "batch"}})
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # shared cores: no busy waiting
+            self.session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+
+
+def _onnx_available() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
+
+
 class TextEncoder:
     """A model folder loaded for inference.
 
     Args:
         model_dir: a fine-tune output or a pulled registry version (``adapter/``,
             ``head.safetensors``, ``tokenizer/``, ``searchtune_model.json``).
-        threads: torch intra-op threads (0 = one per core, None = leave as is).
+        threads: torch (and ONNX Runtime) intra-op threads (0 = one per core, None = leave torch's as is).
         batch_size: texts per forward pass when embedding many.
+        engine: ``auto``, ``torch`` or ``onnx`` (see the module docstring).
 
     Attributes:
         record: the model's ``ModelRecord``.
@@ -89,9 +146,13 @@ class TextEncoder:
         scale, bias: the bi-encoder's head (logit = scale * cosine + bias).
         dimension: the embedding width (bi-encoder).
         fingerprint: :func:`model_fingerprint` of ``model_dir``.
+        engine: the engine that embeds (``torch`` or ``onnx``).
     """
 
-    def __init__(self, model_dir: str, threads: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE):
+    def __init__(self, model_dir: str, threads: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                 engine: str = "auto"):
+        if engine not in ENGINES:
+            raise SearchtuneError(f"unknown engine '{engine}'; choose one of {', '.join(ENGINES)}")
         if threads is not None:
             set_threads(threads)
         model, self.tokenizer, self.record = modeling.load_trained_model(model_dir)
@@ -108,8 +169,31 @@ class TextEncoder:
         self.batch_size = batch_size
         self.pad_id = self.tokenizer.pad_token_id or 0
         self.fingerprint = model_fingerprint(model_dir)
-        log.info("loaded %s (%s, max_length %d, LoRA merged, %d torch threads)", model_dir, self.architecture,
-                 self.max_length, torch.get_num_threads())
+        self._onnx = None
+        self.engine = "torch"
+        if self.has_vectors and (engine == "onnx" or (engine == "auto" and _onnx_available())):
+            self._use_onnx(threads or 0, required=engine == "onnx")
+        log.info("loaded %s (%s, max_length %d, LoRA merged, engine %s, %d torch threads)", model_dir, self.architecture,
+                 self.max_length, self.engine, torch.get_num_threads())
+
+    def _use_onnx(self, threads: int, required: bool) -> None:
+        """Switch embedding to ONNX Runtime if it gives the torch vectors on a padded probe batch."""
+        probe = ["a", "cordless drill with two batteries and a charger", "paint | Behr"]
+        expected = self.embed(probe)
+        try:
+            self._onnx = OnnxEmbedder(self.model, threads)
+            difference = float(np.abs(self.embed(probe) - expected).max())
+        except Exception as error:  # noqa: BLE001 - an export the exporter cannot do leaves the torch engine
+            self._onnx, difference, problem = None, None, f"{type(error).__name__}: {str(error).splitlines()[0]}"
+        else:
+            problem = None if difference <= ONNX_TOLERANCE else f"its vectors differ by {difference:.2e}"
+        if problem is None:
+            self.engine = "onnx"
+            return
+        self._onnx = None
+        if required:
+            raise SearchtuneError(f"the ONNX Runtime engine cannot serve this model: {problem}")
+        log.warning("embedding with torch: the ONNX Runtime engine failed its check (%s)", problem)
 
     @property
     def has_vectors(self) -> bool:
@@ -120,14 +204,19 @@ class TextEncoder:
         # The tokenizer's own truncation keeps [CLS] ... [SEP] exactly as ml.tokens does for one text.
         return self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
 
-    def _padded(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _padded(self, sequences: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         width = max(len(s) for s in sequences)
-        ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        ids = np.full((len(sequences), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(sequences), width), dtype=np.int64)
         for row, seq in enumerate(sequences):
-            ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+            ids[row, : len(seq)] = seq
             mask[row, : len(seq)] = 1
         return ids, mask
+
+    def _embed_batch(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        if self._onnx is not None:
+            return self._onnx(ids, mask)
+        return self.model.embed(torch.from_numpy(ids), torch.from_numpy(mask)).float().numpy()
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Unit-length embeddings of ``texts`` (bi-encoder only), in input order.
@@ -150,8 +239,7 @@ class TextEncoder:
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
                 rows = order[start : start + self.batch_size]
-                ids, mask = self._padded([sequences[i] for i in rows])
-                out[rows] = self.model.embed(ids, mask).float().numpy()
+                out[rows] = self._embed_batch(*self._padded([sequences[i] for i in rows]))
         return out
 
     def logits_from_cosine(self, cosine: np.ndarray) -> np.ndarray:
@@ -180,6 +268,7 @@ class TextEncoder:
                 ids, mask = self._padded([pair_ids[i] for i in rows])
                 types, _ = self._padded([type_ids[i] for i in rows])
                 types[mask == 0] = 0
-                batch = {"pair_ids": ids, "pair_mask": mask, "pair_type_ids": types}
+                batch = {name: torch.from_numpy(array) for name, array in
+                         (("pair_ids", ids), ("pair_mask", mask), ("pair_type_ids", types))}
                 out[rows] = self.model(batch).float().numpy()
         return out

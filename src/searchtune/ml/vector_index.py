@@ -82,13 +82,11 @@ def _recall(found: np.ndarray, truth: np.ndarray) -> float:
     return hits / max(1, int((truth >= 0).sum()))
 
 
-def _neighbours(index, probes: np.ndarray, k: int, exclude_rows: np.ndarray | None) -> np.ndarray:
+def _without_self(rows: np.ndarray, own_rows: np.ndarray | None, k: int) -> np.ndarray:
     """Top-k rows per probe; a probe that is itself a catalog row does not count as its own neighbour."""
-    extra = 1 if exclude_rows is not None else 0
-    _, rows = index.search(probes, k + extra)
-    if exclude_rows is None:
-        return rows
-    kept = [row[row != own][:k] for row, own in zip(rows, exclude_rows, strict=True)]
+    if own_rows is None:
+        return rows[:, :k]
+    kept = [row[row != own][:k] for row, own in zip(rows, own_rows, strict=True)]
     return np.stack([np.pad(r, (0, k - len(r)), constant_values=-1) for r in kept])
 
 
@@ -136,16 +134,15 @@ def build(vectors: np.ndarray, exact_max: int = EXACT_MAX_VECTORS, nlist: int = 
         probes, source = vectors[own_rows], "catalog vectors (self excluded)"
     else:
         probes, source = np.ascontiguousarray(probes, dtype=np.float32), f"{len(probes)} given query vectors"
-    exact = faiss.IndexFlatIP(dimension)
-    exact.add(vectors)
-    truth = _neighbours(exact, probes, RECALL_K, own_rows)
-    del exact
+    extra = 0 if own_rows is None else 1
+    # Brute force straight on the vectors (BLAS), without a second in-memory copy of them.
+    truth = _without_self(faiss.knn(probes, vectors, RECALL_K + extra, metric=faiss.METRIC_INNER_PRODUCT)[1], own_rows, RECALL_K)
     nprobe, recall = nlist, 1.0
     for candidate in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024):
         if candidate > nlist:
             break
         index.nprobe = candidate
-        recall = _recall(_neighbours(index, probes, RECALL_K, own_rows), truth)
+        recall = _recall(_without_self(index.search(probes, RECALL_K + extra)[1], own_rows, RECALL_K), truth)
         if recall >= recall_target:
             nprobe = candidate
             break

@@ -71,12 +71,19 @@ class TextVectorCache:
 
 @dataclass
 class Job:
-    """One request's model work: texts to embed, then ``finish(vectors)`` in the worker thread."""
+    """One request's model work: texts to embed, then ``finish(vectors)`` in the worker thread.
+
+    Jobs that name the same ``combine`` are finished together instead, by
+    ``combine(jobs) -> results`` (e.g. one FAISS search for every waiting query: a flat
+    index is then read once per batch, not once per request); ``payload`` is theirs to use.
+    """
 
     texts: list[str]
-    finish: Callable[[np.ndarray], object]
+    finish: Callable[[np.ndarray], object] | None
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
+    combine: Callable[[list[Job]], list] | None = None
+    payload: object = None
     vectors: np.ndarray | None = field(default=None)
 
 
@@ -105,8 +112,10 @@ class Batcher:
     def pending(self) -> int:
         return self._pending
 
-    async def submit(self, texts: list[str], finish: Callable[[np.ndarray], object]):
-        """Embed ``texts`` (with every other waiting job's) and return ``finish(vectors)``.
+    async def submit(self, texts: list[str], finish: Callable[[np.ndarray], object] | None = None,
+                     combine: Callable[[list[Job]], list] | None = None, payload: object = None):
+        """Embed ``texts`` (with every other waiting job's) and return ``finish(vectors)``
+        (or this job's part of ``combine(jobs)``, see :class:`Job`).
 
         Raises:
             Overloaded: ``max_pending`` jobs are already waiting or running.
@@ -117,7 +126,7 @@ class Batcher:
                 raise Overloaded(f"{self._pending} requests are already waiting or running (limit {self.max_pending})")
             self._pending += 1
         loop = asyncio.get_running_loop()
-        job = Job(list(texts), finish, loop.create_future(), loop)
+        job = Job(list(texts), finish, loop.create_future(), loop, combine, payload)
         self._queue.put(job)
         return await job.future
 
@@ -160,6 +169,25 @@ class Batcher:
             if job.texts:
                 job.vectors = np.stack([known[text] for text in job.texts])
 
+    def _finish(self, jobs: list[Job]) -> list[tuple[object, BaseException | None]]:
+        """``(result, error)`` of every job, combined jobs in one call per ``combine``."""
+        outcomes: dict[int, tuple[object, BaseException | None]] = {}
+        groups: dict[Callable, list[Job]] = {}
+        for job in jobs:
+            if job.combine is not None:
+                groups.setdefault(job.combine, []).append(job)
+                continue
+            try:
+                outcomes[id(job)] = (job.finish(job.vectors), None)
+            except Exception as error:  # noqa: BLE001 - handed to the request that caused it
+                outcomes[id(job)] = (None, error)
+        for combine, group in groups.items():
+            try:
+                outcomes.update((id(job), (result, None)) for job, result in zip(group, combine(group), strict=True))
+            except Exception as error:  # noqa: BLE001 - every request of the group gets the error
+                outcomes.update((id(job), (None, error)) for job in group)
+        return [outcomes[id(job)] for job in jobs]
+
     def _run(self) -> None:
         while True:
             first = self._queue.get()
@@ -168,17 +196,11 @@ class Batcher:
             jobs = self._take_batch(first)
             try:
                 self._embed_jobs(jobs)
-                failure = None
+                outcomes = self._finish(jobs)
             except Exception as error:  # noqa: BLE001 - every waiting request must get an answer
                 log.exception("embedding a batch of %d requests failed", len(jobs))
-                failure = error
-            for job in jobs:
-                try:
-                    if failure is not None:
-                        raise failure
-                    result, error = job.finish(job.vectors), None
-                except Exception as exc:  # noqa: BLE001 - handed to the request that caused it
-                    result, error = None, exc
+                outcomes = [(None, error)] * len(jobs)
+            for job, (result, error) in zip(jobs, outcomes, strict=True):
                 with self._pending_lock:
                     self._pending -= 1
                 job.loop.call_soon_threadsafe(_settle, job.future, result, error)

@@ -47,6 +47,7 @@ class ServiceSettings:
         max_batch_texts: the most texts one forward pass takes.
         nprobe: IVF cells searched per query; 0 = the value recorded at build time.
         verify: check every file against the version's MANIFEST.json before loading.
+        engine: what embeds queries: ``auto`` (ONNX Runtime when installed), ``torch`` or ``onnx``.
     """
 
     model_dir: str
@@ -57,6 +58,7 @@ class ServiceSettings:
     max_batch_texts: int = 256
     nprobe: int = 0
     verify: bool = True
+    engine: str = "auto"
 
 
 def verify_manifest(folder: str) -> dict | None:
@@ -121,7 +123,7 @@ class RelevanceService:
         check_model_dir(settings.model_dir, settings.index_dir)
         self.manifest = verify_manifest(settings.model_dir) if settings.verify else None
         vector_index.set_threads(settings.threads)
-        self.encoder = embedding.TextEncoder(settings.model_dir, threads=settings.threads)
+        self.encoder = embedding.TextEncoder(settings.model_dir, threads=settings.threads, engine=settings.engine)
         index_dir = settings.index_dir or os.path.join(settings.model_dir, INDEX_DIR)
         if not self.encoder.has_vectors:
             self.search_unavailable = ("search is unavailable: this model is a cross-encoder, which has no product "
@@ -148,6 +150,7 @@ class RelevanceService:
         return {"model_dir": self.settings.model_dir,
                 "version": (self.manifest or {}).get("version"),
                 "architecture": None if self.encoder is None else self.encoder.architecture,
+                "engine": None if self.encoder is None else self.encoder.engine,
                 "index": index, "search": self.search_unavailable or "available"}
 
     # ------------------------------------------------------------------ operations
@@ -225,16 +228,21 @@ class RelevanceService:
         """
         if self.index is None:
             raise BadRequest(self.search_unavailable)
+        return await self.batcher.submit(list(queries), combine=self._search_jobs, payload=k)
 
-        def finish(vectors: np.ndarray) -> list[tuple[list[str], np.ndarray]]:
-            inner, ids = self.index.search(vectors, k)
-            results = []
-            for row_scores, row_ids in zip(inner, ids, strict=True):
-                found = np.isfinite(row_scores)
-                results.append((row_ids[found].tolist(), _probabilities(self.encoder.logits_from_cosine(row_scores[found]))))
-            return results
-
-        return await self.batcher.submit(list(queries), finish)
+    def _search_jobs(self, jobs) -> list[list[tuple[list[str], np.ndarray]]]:
+        """One FAISS search for the queries of every waiting search request (worker thread)."""
+        inner, ids = self.index.search(np.concatenate([job.vectors for job in jobs]), max(job.payload for job in jobs))
+        results, start = [], 0
+        for job in jobs:
+            rows = []
+            for row_scores, row_ids in zip(inner[start : start + len(job.texts)], ids[start : start + len(job.texts)], strict=True):
+                found = np.isfinite(row_scores[: job.payload])
+                rows.append((row_ids[: job.payload][found].tolist(),
+                             _probabilities(self.encoder.logits_from_cosine(row_scores[: job.payload][found]))))
+            results.append(rows)
+            start += len(job.texts)
+        return results
 
     def close(self) -> None:
         if self.batcher is not None:

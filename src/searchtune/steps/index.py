@@ -153,7 +153,7 @@ def _probe_queries(splits_dir: str, encoder: embedding.TextEncoder, count: int =
 def build_index(model_dir: str, splits_dir: str, output_dir: str, catalog: str = "",
                 id_column: str = DEFAULT_ID_COLUMN, text_columns: str = "product_title",
                 exact_max: int = vector_index.EXACT_MAX_VECTORS, threads: int = 0,
-                batch_size: int = embedding.DEFAULT_BATCH_SIZE) -> vector_index.IndexRecord:
+                batch_size: int = embedding.DEFAULT_BATCH_SIZE, engine: str = "auto") -> vector_index.IndexRecord:
     """Run the index step.
 
     Args:
@@ -168,6 +168,7 @@ def build_index(model_dir: str, splits_dir: str, output_dir: str, catalog: str =
         exact_max: the most products that get an exact index (IVF above).
         threads: torch and FAISS threads (0 = one per core).
         batch_size: texts per forward pass.
+        engine: ``auto``, ``torch`` or ``onnx`` (``ml.embedding``; the same vectors either way).
 
     Returns:
         The ``IndexRecord`` written to ``index.json``.
@@ -179,7 +180,7 @@ def build_index(model_dir: str, splits_dir: str, output_dir: str, catalog: str =
     if catalog and not columns:
         raise SearchtuneError("text_columns names no column of the catalog")
     started = time.perf_counter()
-    encoder = embedding.TextEncoder(model_dir, threads=threads, batch_size=batch_size)
+    encoder = embedding.TextEncoder(model_dir, threads=threads, batch_size=batch_size, engine=engine)
     source = {"source": catalog or f"{splits_dir} (distinct product_text of every split)",
               "id_column": id_column if catalog else None, "text_columns": list(columns) if catalog else ["product_text"],
               "id_scheme": "catalog column" if catalog else TEXT_ID_SCHEME}
@@ -213,7 +214,7 @@ def build_index(model_dir: str, splits_dir: str, output_dir: str, catalog: str =
     record = vector_index.IndexRecord(
         **parameters, **common, count=len(ids), dimension=encoder.dimension,
         build_seconds=round(time.perf_counter() - started, 2),
-        embedding={"batch_size": batch_size, "threads": threads, "seconds": round(embed_seconds, 2),
+        embedding={"batch_size": batch_size, "threads": threads, "engine": encoder.engine, "seconds": round(embed_seconds, 2),
                    "texts_per_second": round(len(ids) / max(embed_seconds, 1e-9), 1),
                    "index_seconds": round(index_seconds, 2)},
     )
