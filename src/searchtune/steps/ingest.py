@@ -273,3 +273,53 @@ def ingest(
 def read_split(splits_dir: str, split: str) -> pd.DataFrame:
     """Load one split written by :func:`ingest`."""
     return pd.read_parquet(Path(splits_dir) / records.split_file(split))
+
+
+def sample_split(splits_dir: str, split: str, rows: int, seed: int = 0, columns: list[str] | None = None) -> pd.DataFrame:
+    """A deterministic sample of at most ``rows`` rows of one split, read with bounded memory.
+
+    Args:
+        splits_dir: output of the ingest step.
+        split: ``train``, ``validation`` or ``test``.
+        rows: the most rows to return.
+        seed: seed of the sample: the same split and seed give the same rows.
+        columns: the columns to return (default: all).
+
+    Returns:
+        The sampled rows in their order in the split.
+    """
+    return sample_parquet(str(Path(splits_dir) / records.split_file(split)), rows, seed, columns)
+
+
+def sample_parquet(path: str, rows: int, seed: int = 0, columns: list[str] | None = None) -> pd.DataFrame:
+    """A deterministic sample of at most ``rows`` rows of a Parquet file, one row group in memory at a time.
+
+    Row positions are drawn first (from the row count in the file's footer), then only the
+    row groups that hold a drawn position are read, so memory is bounded by ``rows`` and one
+    row group whatever the file's size.
+
+    Raises:
+        SearchtuneError: the file is missing or lacks one of ``columns``.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except FileNotFoundError:
+        raise SearchtuneError(f"{path}: missing") from None
+    names = parquet.schema_arrow.names
+    missing = [c for c in columns or [] if c not in names]
+    if missing:
+        raise SearchtuneError(f"{path}: missing column(s) {', '.join(missing)}")
+    total = parquet.metadata.num_rows
+    picks = np.arange(total) if total <= rows else np.sort(np.random.default_rng(seed).choice(total, rows, replace=False))
+    pieces, start = [], 0
+    for group in range(parquet.num_row_groups):
+        end = start + parquet.metadata.row_group(group).num_rows
+        local = picks[np.searchsorted(picks, start) : np.searchsorted(picks, end)] - start
+        if len(local):
+            pieces.append(parquet.read_row_group(group, columns=columns).take(local))
+        start = end
+    table = pa.concat_tables(pieces) if pieces else parquet.schema_arrow.empty_table().select(columns or names)
+    return table.to_pandas()

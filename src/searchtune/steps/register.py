@@ -50,6 +50,8 @@ def code_version() -> dict:
 def write_reference_sample(train_parquet: str, out_path: str, rows: int = REFERENCE_SAMPLE_ROWS) -> int:
     """Write a deterministic sample of at most ``rows`` training rows (query, product_text, label).
 
+    Memory stays bounded by ``rows`` whatever the size of the split (``ingest.sample_parquet``).
+
     Args:
         train_parquet: the ingest step's ``train.parquet``.
         out_path: where to write the sample (parquet).
@@ -58,19 +60,10 @@ def write_reference_sample(train_parquet: str, out_path: str, rows: int = REFERE
     Returns:
         The number of rows written.
     """
-    import pandas as pd
+    from searchtune.steps import ingest
 
-    try:
-        frame = pd.read_parquet(train_parquet)
-    except FileNotFoundError:
-        raise SearchtuneError(f"{train_parquet}: missing") from None
-    missing = [c for c in REFERENCE_COLUMNS if c not in frame.columns]
-    if missing:
-        raise SearchtuneError(f"{train_parquet}: missing column(s) {', '.join(missing)}")
-    frame = frame[REFERENCE_COLUMNS]
-    if len(frame) > rows:
-        frame = frame.sample(n=rows, random_state=0).sort_index()  # fixed seed: same input, same sample
-    frame.reset_index(drop=True).to_parquet(out_path, index=False)
+    frame = ingest.sample_parquet(train_parquet, rows, seed=0, columns=REFERENCE_COLUMNS)
+    frame.to_parquet(out_path, index=False)
     return len(frame)
 
 
