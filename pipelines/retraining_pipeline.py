@@ -9,9 +9,9 @@ each step receives its own group of them. The same pipeline runs locally under
 cluster-only settings (images, GPU, node selector...) are applied by
 ``searchtune.orchestration.cluster.configure_tasks`` from the settings given at compile time.
 
-Caching (on a cluster; local runs do not cache): preflight, champion, evaluate, register and
-the refusal record read or write state outside the pipeline (the input files, the registry) and are never
-cached. Ingest is cached on its arguments, which include the preflight's ``data_version``
+Caching (on a cluster; local runs do not cache): preflight, champion, evaluate, index (its
+catalog is a location too), register and the refusal record read or write state outside the
+pipeline (the input files, the registry) and are never cached. Ingest is cached on its arguments, which include the preflight's ``data_version``
 (a digest of the input files' names, sizes and versions): new files behind an unchanged
 ``data`` location are ingested again, unchanged ones are not, and tokenize and fine-tune
 are then cached on ingest's output.
@@ -21,6 +21,7 @@ from kfp import dsl
 from searchtune.components.champion.component import champion
 from searchtune.components.evaluate.component import evaluate
 from searchtune.components.finetune.component import finetune
+from searchtune.components.index.component import index
 from searchtune.components.ingest.component import ingest
 from searchtune.components.preflight.component import preflight
 from searchtune.components.refusal.component import record_refusal
@@ -29,7 +30,7 @@ from searchtune.components.tokenize.component import tokenize
 
 from searchtune import params
 from searchtune.orchestration.cluster import ClusterSettings, configure_tasks
-from searchtune.params import GateParams, IngestParams, ModelParams, RunParameters, TrainParams
+from searchtune.params import GateParams, IndexParams, IngestParams, ModelParams, RunParameters, TrainParams
 
 PIPELINE_NAME = "searchtune-retraining"
 DEFAULTS = RunParameters()
@@ -85,6 +86,9 @@ def build_pipeline(settings: ClusterSettings | None = None):
         confidence: float = DEFAULTS.confidence,
         min_test_queries: int = DEFAULTS.min_test_queries,
         bootstrap_resamples: int = DEFAULTS.bootstrap_resamples,
+        catalog: str = DEFAULTS.catalog,
+        catalog_id_column: str = DEFAULTS.catalog_id_column,
+        catalog_text_columns: str = DEFAULTS.catalog_text_columns,
         model_name: str = DEFAULTS.model_name,
         checkpoint_root: str = DEFAULTS.checkpoint_root,
     ):
@@ -103,20 +107,24 @@ def build_pipeline(settings: ClusterSettings | None = None):
         )
         # The return value ("Output"): kfp.local resolves conditions on it, not on named outputs.
         with dsl.If(evaluate_task.outputs["Output"] == True, name="blessed"):  # noqa: E712 - KFP builds a condition from ==
+            # The index is built before registration so the version holds it, checksummed, from the start.
+            index_task = index(model=finetune_task.outputs["model"], splits=ingest_task.outputs["splits"],
+                               **params.select(IndexParams, run_parameters), text_columns=text_columns)
             register_task = register(
                 model=finetune_task.outputs["model"], splits=ingest_task.outputs["splits"],
                 evaluation=evaluate_task.outputs["evaluation"], run=preflight_task.outputs["run"],
-                registry_root=registry_root, model_name=model_name,
+                product_index=index_task.outputs["product_index"], registry_root=registry_root, model_name=model_name,
             )
         with dsl.Else(name="refused"):
             refusal_task = record_refusal(evaluation=evaluate_task.outputs["evaluation"], run=preflight_task.outputs["run"],
                                           registry_root=registry_root, model_name=model_name)
         configure_tasks(
             settings,
-            cpu_tasks=[preflight_task, ingest_task, tokenize_task, champion_task, evaluate_task, register_task, refusal_task],
+            cpu_tasks=[preflight_task, ingest_task, tokenize_task, champion_task, evaluate_task, index_task, register_task,
+                       refusal_task],
             finetune_task=finetune_task,
         )
-        for task in (preflight_task, champion_task, evaluate_task, register_task, refusal_task):
+        for task in (preflight_task, champion_task, evaluate_task, index_task, register_task, refusal_task):
             task.set_caching_options(False)
 
     return retraining_pipeline

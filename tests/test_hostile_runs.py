@@ -109,3 +109,32 @@ def test_what_only_the_preflight_step_can_see_stops_the_run_in_its_first_step(se
     assert tree_digest(seeded_registry) == before
     steps = {p.name for run in (tmp_path / "runs").iterdir() for kfp_run in run.iterdir() for p in kfp_run.iterdir()}
     assert steps <= {"preflight"}, steps
+
+
+@pytest.mark.slow
+def test_two_runs_sharing_an_output_folder_and_a_registry_each_report_their_own(tmp_path):
+    """Started together on one machine: each finishes with its own records; one is promoted, the other says why not."""
+    registry, output = tmp_path / "registry", tmp_path / "runs"
+    command = [sys.executable, "-m", "searchtune.cli", "run", "--registry", str(registry), "--output-dir", str(output),
+               "--epochs", "1", "--max-train-rows", "256", "--no-require-beat-base"]
+    children = [subprocess.Popen([*command, "--seed", str(seed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env={**os.environ, "HF_HUB_OFFLINE": "1"}) for seed in (1, 2)]
+    outcomes = [child.communicate(timeout=1800) + (child.returncode,) for child in children]
+    assert sorted(code for _, _, code in outcomes) == [0, 3], [err[-2000:] for _, err, _ in outcomes]
+    from searchtune import records
+
+    run_ids = set()
+    for out, _err, code in outcomes:
+        run_id = out.split("(run ", 1)[1].split(")", 1)[0]
+        run_ids.add(run_id)
+        (kfp_run,) = [d for d in (output / run_id).iterdir() if d.is_dir()]
+        run_record = records.RunRecord.read(str(kfp_run / "preflight" / "run"))
+        registration = records.Registration.read(str(kfp_run / "register" / "registration"))
+        assert registration.promoted == (code == 0)
+        assert f"version {registration.version}" in out and str(kfp_run) in out  # its own paths, its own version
+        lineage = records.Lineage.from_bytes(
+            ModelRegistry(str(registry)).read_file("searchtune-relevance", registration.version, "lineage.json"), "lineage")
+        assert lineage.run_id == run_record.run_id == kfp_run.name
+    assert len(run_ids) == 2
+    production = ModelRegistry(str(registry)).production("searchtune-relevance")
+    assert production["version"] in (1, 2)

@@ -250,34 +250,6 @@ def test_base_cronjob_runs_with_blank_namespace_and_placement():
     assert not args.namespace
 
 
-def serving_containers() -> tuple[dict, dict, dict]:
-    docs = {doc["kind"]: doc for doc in render("overlays/example")}
-    predictor = docs["InferenceService"]["spec"]["predictor"]
-    return predictor["initContainers"][0], predictor["containers"][0], docs["ConfigMap"]["data"]
-
-
-def test_inferenceservice_pulls_the_production_alias_with_the_real_cli():
-    init, _, env = serving_containers()
-    script = init["args"][0]
-    pull = re.search(r"exec (searchtune models pull .*)$", script).group(1)
-    words = [w.strip('"') for w in pull.split()]
-    words = [re.sub(r"\$(\w+)", lambda m: env[m.group(1)], w) for w in words]
-    assert words[3] == f"{env['REGISTRY_ROOT']}/{env['MODEL_NAME']}@production"
-    args = cli.build_parser().parse_args(words[1:])
-    from searchtune.cli.models import parse_ref
-
-    _, model, version = parse_ref(args.ref, args.registry)
-    assert (model, version) == ("searchtune-relevance", "production")
-    assert f"test -f {args.dest}/searchtune_model.json" in script, "a finished pull is not repeated"
-
-
-def test_inferenceservice_predictor_command_exists():
-    _, container, env = serving_containers()
-    assert container["name"] == "kserve-container"
-    with contextlib.redirect_stderr(io.StringIO()):
-        cli.build_parser().parse_args([*container["command"][1:], *expand(container["args"], env)])
-
-
 def test_every_parameter_a_manifest_sets_is_a_pipeline_parameter_and_no_default_is_copied():
     from searchtune import params
     from searchtune.cli.submit import PARAM_ENV_PREFIX, arguments_from_env

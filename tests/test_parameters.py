@@ -11,7 +11,7 @@ import yaml
 from searchtune import params
 from searchtune.cli import main as cli
 from searchtune.errors import SearchtuneError
-from searchtune.params import GateParams, IngestParams, ModelParams, RegistryParams, RunParameters, TrainParams
+from searchtune.params import GateParams, IndexParams, IngestParams, ModelParams, RegistryParams, RunParameters, TrainParams
 
 KFP_TYPES = {str: "String", int: "Integer", float: "Float", bool: "Boolean"}
 
@@ -24,13 +24,15 @@ def components() -> dict:
     from searchtune.components.champion.component import champion
     from searchtune.components.evaluate.component import evaluate
     from searchtune.components.finetune.component import finetune
+    from searchtune.components.index.component import index
     from searchtune.components.ingest.component import ingest
     from searchtune.components.preflight.component import preflight
+    from searchtune.components.refusal.component import record_refusal
     from searchtune.components.register.component import register
     from searchtune.components.tokenize.component import tokenize
 
     return {"preflight": preflight, "ingest": ingest, "tokenize": tokenize, "finetune": finetune, "champion": champion,
-            "evaluate": evaluate, "register": register}
+            "evaluate": evaluate, "index": index, "register": register, "refusal": record_refusal}
 
 
 def parameter_inputs(component) -> dict[str, str]:
@@ -40,7 +42,7 @@ def parameter_inputs(component) -> dict[str, str]:
 
 def test_the_groups_make_up_the_run_parameters_without_overlap():
     groups = [set(IngestParams.model_fields), set(TrainParams.model_fields), set(GateParams.model_fields),
-              set(RegistryParams.model_fields)]
+              set(IndexParams.model_fields), set(RegistryParams.model_fields)]
     assert set().union(*groups) == set(RunParameters.model_fields)
     assert sum(map(len, groups)) == len(RunParameters.model_fields)
     assert set(ModelParams.model_fields) <= set(TrainParams.model_fields)
@@ -74,7 +76,9 @@ def test_pipeline_inputs_are_the_run_parameters_with_their_defaults_and_descript
     ("finetune", TrainParams, {"checkpoint_root", "run_id"}),
     ("evaluate", GateParams, {"run_id"}),
     ("champion", None, {"registry_root", "model_name"}),
+    ("index", IndexParams, {"text_columns"}),
     ("register", None, {"registry_root", "model_name"}),
+    ("refusal", None, {"registry_root", "model_name"}),
 ])
 def test_each_component_takes_its_group_with_the_declared_types(step, group, others):
     inputs = parameter_inputs(components()[step])

@@ -12,6 +12,7 @@ def register(
     splits: Input[Dataset],
     evaluation: Input[Artifact],
     run: Input[Artifact],
+    product_index: Input[Artifact],
     registry_root: str,
     model_name: str,
     registration: Output[Artifact],
@@ -23,6 +24,8 @@ def register(
         splits: output of the ingest step (train.parquet for the drift reference, stats.json).
         evaluation: output of the evaluate step (evaluation.json, blessing.json).
         run: output of the preflight step (run.json: run id, every parameter, the input files).
+        product_index: output of the index step (index.json, index.faiss, ids.parquet), stored as
+            the version's index/ for `searchtune serve`.
         registry_root: registry root, a local folder or gs://bucket/prefix.
         model_name: the model's name in the registry.
         registration: folder holding registration.json, the outcome
@@ -35,7 +38,8 @@ def register(
     from searchtune.steps.register import register_model
 
     with logs.component_step("register"):
-        outcome = register_model(registry_root, model_name, model.path, splits.path, evaluation.path, run.path)
+        outcome = register_model(registry_root, model_name, model.path, splits.path, evaluation.path, run.path,
+                                 index_dir=product_index.path)
         outcome.write(registration.path)
         registration.metadata.update(outcome.model_dump())
         return outcome.version

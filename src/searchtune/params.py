@@ -135,6 +135,16 @@ class GateParams(_Params):
                                                                             "behind every interval.")
 
 
+class IndexParams(_Params):
+    """Which products the blessed model's vector index holds (the index step; served by ``searchtune serve``)."""
+
+    catalog: str = Field("", description="Product catalog files (CSV/TSV/Parquet/JSONL; file, folder or glob; local or "
+                                         "gs://) to index; empty = the distinct products of the training data.")
+    catalog_id_column: str = Field("product_uid", min_length=1, description="The catalog's product id column.")
+    catalog_text_columns: str = Field("", description="The catalog's product text columns, comma-separated; "
+                                                      "empty = text_columns.")
+
+
 class RegistryParams(_Params):
     """Where blessed models go (the register step) and where training checkpoints go."""
 
@@ -145,16 +155,13 @@ class RegistryParams(_Params):
                                                  "pod resumes; empty = next to the model output when that is on GCS.")
 
 
-# The bases are listed last-first so the fields come in pipeline order: ingest, model, train, gate, registry.
-class RunParameters(RegistryParams, GateParams, TrainParams, IngestParams):
+# The bases are listed last-first so the fields come in pipeline order: ingest, model, train, gate, index, registry.
+class RunParameters(RegistryParams, IndexParams, GateParams, TrainParams, IngestParams):
     """Every parameter of one pipeline run, in one flat object (the pipeline's inputs)."""
 
     def group(self, cls: type[_Params]) -> Any:
         """This run's values of one parameter group, e.g. ``run.group(TrainParams)``."""
         return cls(**{name: getattr(self, name) for name in cls.model_fields})
-
-
-GROUPS = (IngestParams, TrainParams, GateParams, RegistryParams)
 
 
 def parse(cls: type[_Params], values: dict, *, flag_style: bool = False) -> Any:

@@ -32,6 +32,7 @@ DRIFT_HTML_FILE = "drift_report.html"
 DRIFT_JSON_FILE = "drift_report.json"
 SUMMARY_FILE = "summary.md"
 PREDICTIONS_FILE = "predictions.parquet"
+INDEX_DIR = "index"  # the product vector index inside a registered version
 
 
 def split_file(split: str) -> str:
@@ -200,14 +201,20 @@ class ChampionRecord(Record):
 
 # --- evaluate ---------------------------------------------------------------------------
 class DriftSummary(BaseModel):
+    """Has the data changed since production was trained (``searchtune.steps.drift``)."""
+
     reference: str
     current: str
     drifted_columns: list[str]
     columns: int
     share_drifted: float
-    per_column: dict[str, Any] = {}
+    per_column: dict[str, Any] = {}  # signal -> score, threshold, method, drifted, meaning, reference/current summary
     reference_rows: int
     current_rows: int
+    # no_reference: nothing to compare with (first model), no alarm; drifted: a signal reached its threshold.
+    status: Literal["no_reference", "stable", "drifted"] = "stable"
+    headline: str = ""
+    scored_rows: int = 0  # rows per side the production model scored (prediction drift); 0 = not compared
 
 
 class Clause(BaseModel):
@@ -252,6 +259,33 @@ class Evaluation(Record):
     confusion_matrix: dict[str, Any]
     blessing: Blessing
     model: dict[str, Any]
+
+
+# --- index ------------------------------------------------------------------------------
+class IndexRecord(Record):
+    """``index.json``: what an index holds and how it was built."""
+
+    FILE: ClassVar[str] = "index.json"
+    format: int = 1
+    kind: Literal["flat-ip", "ivf-flat", "none"]
+    reason: str = ""  # why there is no index (kind "none")
+    count: int = 0
+    dimension: int = 0
+    metric: str = "inner_product"
+    normalized: bool = True
+    nlist: int | None = None
+    nprobe: int | None = None
+    train_size: int | None = None
+    recall_at_10: float | None = None
+    recall_probes: str = ""
+    build_seconds: float = 0.0
+    faiss_version: str = ""
+    model_fingerprint: str = ""
+    architecture: str = ""
+    max_length: int = 0
+    embedding: dict = {}
+    catalog: dict = {}
+    created_at: str = ""
 
 
 # --- register ---------------------------------------------------------------------------

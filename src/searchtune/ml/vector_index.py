@@ -25,12 +25,11 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import ClassVar, Literal
 
 import numpy as np
 
 from searchtune.errors import SearchtuneError
-from searchtune.records import Record, now
+from searchtune.records import IndexRecord, now
 
 log = logging.getLogger(__name__)
 
@@ -41,33 +40,6 @@ EXACT_MAX_VECTORS = 250_000
 RECALL_TARGET = 0.95
 RECALL_PROBES = 256
 RECALL_K = 10
-IndexKind = Literal["flat-ip", "ivf-flat", "none"]
-
-
-class IndexRecord(Record):
-    """``index.json``: what an index holds and how it was built."""
-
-    FILE: ClassVar[str] = "index.json"
-    format: int = 1
-    kind: IndexKind
-    reason: str = ""  # why there is no index (kind "none")
-    count: int = 0
-    dimension: int = 0
-    metric: str = "inner_product"
-    normalized: bool = True
-    nlist: int | None = None
-    nprobe: int | None = None
-    train_size: int | None = None
-    recall_at_10: float | None = None
-    recall_probes: str = ""
-    build_seconds: float = 0.0
-    faiss_version: str = ""
-    model_fingerprint: str = ""
-    architecture: str = ""
-    max_length: int = 0
-    embedding: dict = {}
-    catalog: dict = {}
-    created_at: str = ""
 
 
 def set_threads(threads: int) -> None:

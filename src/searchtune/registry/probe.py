@@ -4,9 +4,9 @@
 the root, creates ``_probes/<host>-<pid>-<random>.json`` create-if-absent, reads it back
 with its generation, and deletes it. The probe lives under ``_probes/``, which no reader
 lists (model names start with a letter or digit), and is gone when the check returns.
-Locally, folders the probe had to create (a registry that did not exist yet) are removed
-again, so a failed pipeline leaves no trace; a writer racing into such a fresh folder
-re-creates it (``searchtune.io.local`` retries a vanished parent).
+Locally, the folders it had to create stay (empty): removing them raced with a second
+run checking the same new registry at the same moment, whose probe then lost its folder
+between writing and linking (tests/test_hostile_runs.py starts two such runs).
 """
 
 from __future__ import annotations
@@ -20,18 +20,6 @@ from searchtune.errors import SearchtuneError
 from searchtune.io import storage
 from searchtune.registry import aliases, versions
 from searchtune.registry.layout import Layout, default_actor, dumps, now
-
-
-def _missing_folders(path: str) -> list[str]:
-    """The folders on ``path`` that do not exist yet, deepest first."""
-    missing, path = [], os.path.abspath(path)
-    while not os.path.exists(path):
-        missing.append(path)
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    return missing
 
 
 def _hint(layout: Layout, error: SearchtuneError) -> str:
@@ -83,13 +71,7 @@ def check_writable(layout: Layout, model: str | None = None) -> None:
     Raises:
         SearchtuneError: naming the root (bucket), the operation that failed and what to fix.
     """
-    created_folders = [] if storage.is_gcs(layout.root) else _missing_folders(layout.probes())
-    try:
-        _probe(layout)
-    finally:
-        for folder in created_folders:  # deepest first; a folder someone else filled meanwhile stays
-            with contextlib.suppress(OSError):
-                os.rmdir(folder)
+    _probe(layout)
     if model is None:
         return
     _claimed, visible = versions.numbers_in_use(layout, model)

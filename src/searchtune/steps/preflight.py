@@ -93,6 +93,8 @@ def preflight(params: RunParameters, run_id: str, output_dir: str) -> records.Ru
     ModelRegistry(params.registry_root).check_writable(params.model_name)
     base = check_base_model(params.group(TrainParams))
     files = snapshot(params.data or sample_data.default_sample_path())
+    if params.catalog:
+        storage.expand(params.catalog)  # a catalog location with no file fails here, not after training
     record = records.RunRecord(
         run_id=run_id, started_at=records.now(), parameters=params.model_dump(), data_files=files,
         data_version=data_version(files), base_model=base, registry_root=params.registry_root, code=code_version(),

@@ -83,12 +83,16 @@ def build_lineage(run: records.RunRecord, stats: records.IngestStats, model: rec
     )
 
 
-def _stage_version(staging: str, model_dir: str, splits_dir: str, evaluation_dir: str, run: records.RunRecord) -> records.Lineage:
+def _stage_version(staging: str, model_dir: str, splits_dir: str, evaluation_dir: str, run: records.RunRecord,
+                   index_dir: str = "") -> records.Lineage:
     """Fill ``staging`` with the version's files; return the lineage record."""
     if not os.path.isdir(model_dir):
         raise SearchtuneError(f"{model_dir}: model folder missing")
     model = records.ModelRecord.read(model_dir)
     shutil.copytree(model_dir, staging, dirs_exist_ok=True)
+    if index_dir:
+        records.IndexRecord.read(index_dir)  # an index step's output, or one clear error
+        shutil.copytree(index_dir, os.path.join(staging, records.INDEX_DIR))
     evaluation = records.Evaluation.read(evaluation_dir)
     for record in (evaluation, evaluation.blessing):
         if os.path.exists(record.path(staging)):
@@ -129,7 +133,7 @@ def _promote(registry: ModelRegistry, model_name: str, version: int, blessing: r
 
 
 def register_model(registry_root: str, model_name: str, model_dir: str, splits_dir: str, evaluation_dir: str,
-                   run_dir: str, actor: str = "searchtune-pipeline") -> records.Registration:
+                   run_dir: str, index_dir: str = "", actor: str = "searchtune-pipeline") -> records.Registration:
     """Register a blessed model as a new version and make it production if production has not moved.
 
     Args:
@@ -140,6 +144,7 @@ def register_model(registry_root: str, model_name: str, model_dir: str, splits_d
         splits_dir: the ingest output (``train.parquet`` ..., ``stats.json``).
         evaluation_dir: the evaluate output (``evaluation.json``, ``blessing.json``).
         run_dir: the preflight output (``run.json``: run id, every parameter, the input files).
+        index_dir: the index step output, stored as the version's ``index/`` ('' = none).
         actor: who registers (recorded as ``created_by`` and ``moved_by``).
 
     Returns:
@@ -159,7 +164,8 @@ def register_model(registry_root: str, model_name: str, model_dir: str, splits_d
     if manifest is not None:
         log.info("run %s already registered %s v%d; reusing it", run.run_id, model_name, manifest["version"])
     else:
-        manifest = _register_new_version(registry, model_name, model_dir, splits_dir, evaluation_dir, run, actor, blessing)
+        manifest = _register_new_version(registry, model_name, model_dir, splits_dir, evaluation_dir, run, actor, blessing,
+                                         index_dir)
     version = manifest["version"]
     promoted, reason, before, after = _promote(registry, model_name, version, blessing, run.run_id, actor)
     outcome = records.Registration(model=model_name, version=version, promoted=promoted, reason=reason,
@@ -213,9 +219,9 @@ def record_refusal(registry_root: str, model_name: str, evaluation_dir: str, run
 
 
 def _register_new_version(registry: ModelRegistry, model_name: str, model_dir: str, splits_dir: str, evaluation_dir: str,
-                          run: records.RunRecord, actor: str, blessing: records.Blessing) -> dict:
+                          run: records.RunRecord, actor: str, blessing: records.Blessing, index_dir: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="searchtune-register-") as staging:
-        lineage = _stage_version(staging, model_dir, splits_dir, evaluation_dir, run)
+        lineage = _stage_version(staging, model_dir, splits_dir, evaluation_dir, run, index_dir)
         manifest = registry.register_version(model_name, staging, {
             "run_id": run.run_id,
             "created_by": actor,
