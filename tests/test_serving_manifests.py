@@ -66,6 +66,7 @@ def test_the_predictor_serves_the_registry_version_named_by_storage_uri(rendered
     first = container["env"][0]
     assert first["name"] == "STORAGE_URI"
     assert re.fullmatch(rf"gs://[^/]+/registry/{env['MODEL_NAME']}/versions/\d+", first["value"])
+    assert first["value"].startswith(env["REGISTRY_ROOT"] + "/"), "the overlay serves a version of its own registry"
     assert "initContainers" not in service["spec"]["predictor"], "KServe's storage initializer does the copy"
     with contextlib.redirect_stderr(io.StringIO()):
         args = cli.build_parser().parse_args([*container["command"][1:], *helpers.expand(container["args"], env)])
