@@ -76,26 +76,56 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
 
-class BiEncoder(nn.Module):
-    """Shared encoder for query and product; logit = scale * cos(q, p) + bias."""
+# Trainable head parameters of the bi-encoder (trained at ``head_learning_rate``, no weight decay).
+HEAD_PARAMETERS = ("scale", "bias", "lexical_weight")
 
-    def __init__(self, encoder: nn.Module, scale: float = 10.0, bias: float = -5.0):
+
+class BiEncoder(nn.Module):
+    """Shared encoder for query and product; logit = scale * cos(q, p) [+ lexical_weight * lexical] + bias.
+
+    With ``lexical_weight`` set (a hybrid head) the logit also takes a per-pair lexical
+    match score (``batch["lexical"]``, e.g. ``ml.lexical.tfidf_cosine``); the product side
+    stays precomputable: its vector and its TF-IDF vector.
+    """
+
+    def __init__(self, encoder: nn.Module, scale: float = 10.0, bias: float = -5.0, lexical_weight: float | None = None):
         super().__init__()
         self.encoder = encoder
         self.scale = nn.Parameter(torch.tensor(float(scale)))
         self.bias = nn.Parameter(torch.tensor(float(bias)))
+        self.lexical_weight = None if lexical_weight is None else nn.Parameter(torch.tensor(float(lexical_weight)))
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return nn.functional.normalize(mean_pool(hidden, attention_mask), dim=-1)
 
+    def pair_logits(self, cosine: torch.Tensor, lexical: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits from each pair's cosine (and lexical score, for a hybrid head).
+
+        Raises:
+            SearchtuneError: a hybrid head without lexical scores.
+        """
+        logits = self.scale * cosine + self.bias
+        if self.lexical_weight is not None:
+            if lexical is None:
+                raise SearchtuneError("this model's head takes a lexical match score per pair: pass batch['lexical']")
+            logits = logits + self.lexical_weight * lexical.to(logits.dtype)
+        return logits
+
     def forward(self, batch: dict) -> torch.Tensor:
         query = self.embed(batch["query_ids"], batch["query_mask"])
         text = self.embed(batch["text_ids"], batch["text_mask"])
-        return self.scale * (query * text).sum(-1) + self.bias
+        return self.pair_logits((query * text).sum(-1), batch.get("lexical"))
 
     def head_state(self) -> dict:
-        return {"scale": self.scale.detach().float().cpu().reshape(1), "bias": self.bias.detach().float().cpu().reshape(1)}
+        state = {"scale": self.scale.detach().float().cpu().reshape(1), "bias": self.bias.detach().float().cpu().reshape(1)}
+        if self.lexical_weight is not None:
+            state["lexical_weight"] = self.lexical_weight.detach().float().cpu().reshape(1)
+        return state
+
+    def head_state_floats(self) -> dict[str, float]:
+        """The head's values as plain floats (for logs and records)."""
+        return {name: round(float(value.item()), 5) for name, value in self.head_state().items()}
 
 
 class CrossEncoder(nn.Module):
@@ -114,17 +144,26 @@ class CrossEncoder(nn.Module):
         return {}
 
 
-def build_model(params: TrainParams, base_model: str) -> nn.Module:
+def build_model(params: TrainParams, base_model: str, *, lexical_feature: bool = False, init_from: str = "") -> nn.Module:
     """A trainable model: the base with LoRA adapters (``lora_r=0``: full fine-tune).
 
     Args:
         params: architecture and LoRA settings.
         base_model: a loadable name or path (see ``resolve_base_model``).
+        lexical_feature: bi-encoder only: a hybrid head that also weighs a per-pair lexical score.
+        init_from: a model directory written by :func:`save_model` to start from (warm start):
+            its trained weights and head replace the fresh ones. It must have the same
+            architecture, base model and LoRA settings.
+
+    Raises:
+        SearchtuneError: the base model cannot be loaded, or ``init_from`` does not fit.
     """
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModel, AutoModelForSequenceClassification
 
     architecture = params.architecture
+    if lexical_feature and architecture != "bi-encoder":
+        raise SearchtuneError("a lexical feature in the head is only available for the bi-encoder")
     try:
         if architecture == "bi-encoder":
             backbone = AutoModel.from_pretrained(base_model)
@@ -140,7 +179,62 @@ def build_model(params: TrainParams, base_model: str) -> nn.Module:
             modules_to_save=["classifier"] if architecture == "cross-encoder" else None,
         )
         backbone = get_peft_model(backbone, config)
-    return BiEncoder(backbone) if architecture == "bi-encoder" else CrossEncoder(backbone)
+    if architecture == "bi-encoder":
+        # A hybrid head starts at the untuned cosine's scale with the lexical score weighed like it.
+        model = BiEncoder(backbone, lexical_weight=10.0 if lexical_feature else None)
+    else:
+        model = CrossEncoder(backbone)
+    if init_from:
+        warm_start(model, params, base_model, init_from)
+    return model
+
+
+def warm_start(model: nn.Module, params: TrainParams, base_model: str, model_dir: str) -> None:
+    """Copy a saved model's trained weights and head into a freshly built ``model``.
+
+    Args:
+        model: from :func:`build_model` with ``params`` (the fresh adapter is overwritten).
+        params: the new run's settings; architecture and LoRA settings must match the saved model's.
+        base_model: the new run's base model; it must be the saved model's base.
+        model_dir: a directory written by :func:`save_model` (e.g. a pulled registry version).
+
+    Raises:
+        SearchtuneError: the saved model differs in architecture, base, LoRA settings or head.
+    """
+    from safetensors.torch import load_file
+
+    record = read_model_record(model_dir)
+    saved = record.training if isinstance(record.training, dict) else {}
+    problems = []
+    if record.architecture != params.architecture:
+        problems.append(f"architecture {record.architecture} vs {params.architecture}")
+    if base_model_of(record) != base_model:
+        problems.append(f"base model {base_model_of(record)} vs {base_model}")
+    for name in ("lora_r", "lora_alpha", "lora_targets"):
+        if name in saved and saved[name] != getattr(params, name):
+            problems.append(f"{name} {saved[name]!r} vs {getattr(params, name)!r}")
+    if problems:
+        raise SearchtuneError(f"cannot warm-start from {model_dir}: it differs from this run in " + "; ".join(problems))
+    adapter_dir = Path(model_dir) / records.ADAPTER_DIR
+    inner = model.encoder if isinstance(model, BiEncoder) else model.model
+    if params.lora_r > 0:
+        from peft import set_peft_model_state_dict
+        from peft.utils import load_peft_weights
+
+        result = set_peft_model_state_dict(inner, load_peft_weights(str(adapter_dir)))
+        if result.unexpected_keys:
+            raise SearchtuneError(f"cannot warm-start from {model_dir}: adapter weights {result.unexpected_keys[:3]} do not fit")
+    else:
+        inner.load_state_dict(type(inner).from_pretrained(adapter_dir).state_dict())
+    if isinstance(model, BiEncoder):
+        head = load_file(str(Path(model_dir) / records.HEAD_FILE))
+        if ("lexical_weight" in head) != (model.lexical_weight is not None):
+            raise SearchtuneError(f"cannot warm-start from {model_dir}: its head {'has' if 'lexical_weight' in head else 'lacks'} "
+                                  "the lexical feature this run's head " + ("lacks" if "lexical_weight" in head else "has"))
+        with torch.no_grad():
+            for name, value in head.items():
+                getattr(model, name).copy_(value.reshape(()))
+    log.info("warm start: weights and head from %s", model_dir)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -194,7 +288,8 @@ def load_trained_model(model_dir: str) -> tuple[nn.Module, object, records.Model
         backbone = type(backbone).from_pretrained(adapter_dir)
     if record.architecture == "bi-encoder":
         head = load_file(str(Path(model_dir) / records.HEAD_FILE))
-        model = BiEncoder(backbone, scale=head["scale"].item(), bias=head["bias"].item())
+        lexical_weight = head["lexical_weight"].item() if "lexical_weight" in head else None
+        model = BiEncoder(backbone, scale=head["scale"].item(), bias=head["bias"].item(), lexical_weight=lexical_weight)
     else:
         model = CrossEncoder(backbone)
     model.eval()
