@@ -17,11 +17,17 @@ from searchtune.params import GateParams, documented
     run_id="the pipeline run, recorded in the blessing.",
     metrics="every metric of every model with its interval bounds (<model>_<metric>, _low, _high), the random "
             "floors, the candidate's paired differences, and blessed.",
-    classification="the candidate's ROC curve and confusion matrix.",
-    drift_report="Evidently data-drift report (HTML).",
+    classification="the candidate's ROC curve and its confusion matrix at probability 0.5 (sigmoid of the score).",
+    report="the evaluation report (self-contained HTML): verdict and reason, metrics with intervals, curves, "
+           "calibration, per-query changes, slices, training, data, drift.",
+    predictions="every test row with each model's score (Parquet: query, product_text, label, grade, query_group, "
+                "score_<model>).",
+    drift_report="Evidently report of drift since the production model was trained (HTML; a short page when there is "
+                 "no reference yet).",
     drift_json="the same report as JSON.",
-    summary="the Markdown page a reviewer reads first.",
-    evaluation="evaluation.json and blessing.json, read by the register step.",
+    summary="the essentials in Markdown: verdict, clauses, metrics with intervals, differences, weak slices, drift.",
+    model_card="the model card (Markdown), stored with the version if it is registered.",
+    evaluation="evaluation.json, blessing.json and every file above, read by the register step.",
     returns="Whether the candidate is blessed. A single return value on purpose: kfp.local resolves a "
             "condition on task.output but not on a NamedTuple field.",
 )
@@ -42,9 +48,12 @@ def evaluate(
     run_id: str,
     metrics: Output[Metrics],
     classification: Output[ClassificationMetrics],
+    report: Output[HTML],
+    predictions: Output[Dataset],
     drift_report: Output[HTML],
     drift_json: Output[Artifact],
     summary: Output[Markdown],
+    model_card: Output[Markdown],
     evaluation: Output[Artifact],
 ) -> bool:
     import os
@@ -71,10 +80,18 @@ def evaluate(
             if info.random_floor is not None:
                 metrics.log_metric(f"random_{metric}", info.random_floor)
         metrics.log_metric("blessed", float(result.blessing.blessed))
+        if result.drift.status != "no_reference":
+            metrics.log_metric("drift_signals_drifted", float(len(result.drift.drifted_columns)))
         classification.log_roc_curve(result.roc_curve["fpr"], result.roc_curve["tpr"], result.roc_curve["thresholds"])
         classification.log_confusion_matrix(result.confusion_matrix["categories"], result.confusion_matrix["matrix"])
-        for name, artifact in ((records.DRIFT_HTML_FILE, drift_report), (records.DRIFT_JSON_FILE, drift_json),
-                               (records.SUMMARY_FILE, summary)):
+        classification.metadata["confusion_matrix_threshold"] = result.confusion_matrix["threshold"]
+        for name, artifact in ((records.REPORT_FILE, report), (records.PREDICTIONS_FILE, predictions),
+                               (records.DRIFT_HTML_FILE, drift_report), (records.DRIFT_JSON_FILE, drift_json),
+                               (records.SUMMARY_FILE, summary), (records.MODEL_CARD_FILE, model_card)):
             shutil.copyfile(os.path.join(evaluation.path, name), artifact.path)
-        evaluation.metadata.update({"blessed": result.blessing.blessed, "reason": result.blessing.reason})
+        predictions.metadata.update({"rows": result.test_rows, "queries": result.test_queries,
+                                     "models": ",".join(statistics.models)})
+        drift_report.metadata.update({"status": result.drift.status, "headline": result.drift.headline})
+        evaluation.metadata.update({"blessed": result.blessing.blessed, "reason": result.blessing.reason,
+                                    "drift": result.drift.status})
         return result.blessing.blessed

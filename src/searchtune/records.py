@@ -200,6 +200,10 @@ class ChampionRecord(Record):
 
 
 # --- evaluate ---------------------------------------------------------------------------
+REPORT_FILE = "report.html"  # the self-contained evaluation report (steps/report.py)
+MODEL_CARD_FILE = "model_card.md"  # written by evaluate, stored with a registered version
+
+
 class DriftSummary(BaseModel):
     """Has the data changed since production was trained (``searchtune.steps.drift``)."""
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from searchtune import params, records
 from searchtune.cli import cluster_flags, exit_codes
 from searchtune.cli.parameters import add_parameter_flags, given
+from searchtune.orchestration import local_run
 from searchtune.params import RunParameters
 from searchtune.steps import summary
 
@@ -31,9 +32,11 @@ def run_parameters(args: argparse.Namespace) -> RunParameters:
     values = given(args)
     values.setdefault("registry_root", DEFAULT_REGISTRY)
     if not values.get("data"):
-        for name, value in SAMPLE_DATA_BUDGET.items():
-            if values.setdefault(name, value) == value:
-                log.info("bundled sample data: %s=%s (demo budget; set --%s to change)", name, value, name.replace("_", "-"))
+        applied = [name for name, value in SAMPLE_DATA_BUDGET.items() if name not in values and values.setdefault(name, value) == value]
+        if applied:
+            log.info("bundled sample data: demo budget %s (set %s to change)",
+                     ", ".join(f"{name}={values[name]}" for name in applied),
+                     " / ".join("--" + name.replace("_", "-") for name in applied))
     return params.parse(RunParameters, values, flag_style=True)
 
 
@@ -57,42 +60,88 @@ def add_compile_parser(commands) -> None:
 
 
 def compile_command(args) -> int:
-    from searchtune.orchestration.local_run import compile_pipeline
-
-    path = compile_pipeline(args.output, cluster_flags.settings_from_args(args))
+    path = local_run.compile_pipeline(args.output, cluster_flags.settings_from_args(args))
     print(f"wrote {path}")
     return exit_codes.OK
 
 
+def describe_step(step: str, folder: Path) -> str:
+    """The counts shown when a step ends (from the step's records), e.g. ``9590 rows read, 0 rejected``."""
+    if step == "preflight":
+        run = records.RunRecord.read(str(folder / "run"))
+        size = sum(f.size for f in run.data_files) / 1e6
+        return f"{len(run.parameters)} parameters valid, {len(run.data_files)} input file(s) ({size:.1f} MB), registry writable"
+    if step == "ingest":
+        stats = records.IngestStats.read(str(folder / "splits"))
+        splits = " / ".join(f"{s.rows} {name}" for name, s in stats.splits.items())
+        return (f"{stats.rows_read} rows read, {stats.rows_rejected} rejected, {stats.duplicates_dropped} duplicates dropped; "
+                f"{splits} rows")
+    if step == "tokenize":
+        stats = records.TokenizeStats.read(str(folder / "tokenized"))
+        tokens = sum(int(s.get("tokens", 0)) for s in stats.splits.values())
+        return f"{tokens} tokens in {sum(int(s.get('rows', 0)) for s in stats.splits.values())} rows (max_length {stats.max_length})"
+    if step == "finetune":
+        model = records.ModelRecord.read(str(folder / "model"))
+        auc = "-" if model.best_validation_auc is None else f"{model.best_validation_auc:.3f}"
+        return f"{model.train_rows} training rows, {len(model.epochs)} epoch(s), best epoch {model.best_epoch} (validation AUC {auc})"
+    if step == "champion":
+        found = records.ChampionRecord.read(str(folder / "champion"))
+        if not found.found:
+            return "no production model yet"
+        return f"production v{found.version}" + (f" could not be fetched: {found.error}" if found.error else "")
+    if step == "evaluate":
+        evaluation = records.Evaluation.read(str(folder / "evaluation"))
+        verdict = "BLESSED" if evaluation.blessing.blessed else f"NOT BLESSED ({evaluation.blessing.decided_by})"
+        return f"{evaluation.test_rows} test rows, {evaluation.test_queries} queries; {verdict}"
+    if step == "register":
+        outcome = records.Registration.read(str(folder / "registration"))
+        return f"version {outcome.version}" + (", now production" if outcome.promoted else ", not promoted")
+    if step == "record-refusal":
+        return "refused candidate recorded in the registry's candidates log"
+    return ""
+
+
 def describe_run(run) -> str:
-    """Tell the user what was decided and where the model, summary, drift report and registry entry are."""
+    """The final block: the verdict, the gate metric with intervals, drift in one line, and openable paths.
+
+    The paths point into the run's own folder (``report.html``, ``summary.md``, ``model``...,
+    see ``local_run.PUBLISHED``), falling back to the step outputs of older runs.
+    """
     evaluation = records.Evaluation.read(str(run.step_output("evaluate", "evaluation")))
     blessing = evaluation.blessing
     statistics, metric = blessing.statistics, blessing.rule.gate_metric
-    shown = ", ".join(f"{summary.model_label(name, evaluation.production_version)} {summary.format_estimate(values.get(metric))}"
-                      for name, values in statistics.models.items())
+    shown = [f"{summary.model_label(name, evaluation.production_version)} {summary.format_estimate(values.get(metric))}"
+             for name, values in statistics.models.items()]
+    drift = evaluation.drift
     lines = [
         f"pipeline finished in {run.seconds:.0f} s (run {run.run_id})",
-        f"  test {statistics.metrics[metric].label}: {shown}",
         f"  {'BLESSED' if blessing.blessed else 'NOT BLESSED'}: {blessing.reason}",
-        f"  model:        {run.step_output('finetune', 'model')}",
-        f"  summary:      {run.step_output('evaluate', 'summary')}",
-        f"  drift report: {run.step_output('evaluate', 'drift_report')}",
+        f"  test {statistics.metrics[metric].label} [{statistics.confidence:.0%} interval]: " + ", ".join(shown[:2]),
+        *(["      " + ", ".join(shown[2:])] if len(shown) > 2 else []),
+        f"  drift:    {drift.headline or drift.status}",
+        f"  report:   {_path(run, records.REPORT_FILE, run.step_output('evaluate', 'report'))}",
+        f"  summary:  {_path(run, records.SUMMARY_FILE, run.step_output('evaluate', 'summary'))}",
+        f"  model:    {_path(run, 'model', run.step_output('finetune', 'model'))}",
     ]
     registration = run.step_output("register", "registration")
     if registration.exists():
         outcome = records.Registration.read(str(registration))
         state = "now production" if outcome.promoted else f"not promoted: {outcome.reason}"
-        lines.append(f"  registry:     {outcome.registry_uri} (version {outcome.version}, {state})")
+        lines.append(f"  registry: {outcome.registry_uri} (version {outcome.version}, {state})")
     else:
-        lines.append(f"  registry:     {run.parameters.registry_root} unchanged (not blessed, nothing registered)")
+        lines.append(f"  registry: {run.parameters.registry_root} unchanged (not blessed, nothing registered)")
+    log_file = run.published(local_run.LOG_FILE)
+    if log_file is not None:
+        lines.append(f"  log:      {log_file}")
     return "\n".join(lines)
 
 
-def run_command(args) -> int:
-    from searchtune.orchestration.local_run import run_local
+def _path(run, name: str, fallback: Path) -> Path:
+    return run.published(name) or fallback
 
-    run = run_local(run_parameters(args), args.output_dir)
+
+def run_command(args) -> int:
+    run = local_run.run_local(run_parameters(args), args.output_dir, describe_step=describe_step)
     print(describe_run(run))
     registration = run.step_output("register", "registration")
     promoted = registration.exists() and records.Registration.read(str(registration)).promoted

@@ -6,7 +6,18 @@ subprocess of this Python environment instead of a pod.
 
 Each run owns its outputs: its id is decided here, before anything runs, and names the
 folder that becomes the run's pipeline root, so two runs sharing ``--output-dir`` never
-read each other's records.
+read each other's records. After the run, that folder also holds what people open, under
+names with extensions: ``report.html``, ``summary.md``, ``drift_report.html``,
+``predictions.parquet``, ``model_card.md``, ``model`` (a link to the model folder) and
+``pipeline.log`` (every step's full output).
+
+The terminal. kfp.local prints everything a step writes, and its own executor dumps (the
+whole executor input as JSON, per step). ``run_local`` reads all of it through
+``searchtune.logs.PipelineConsole``: the full text goes to
+``pipeline.log``; the terminal gets one line when a step starts and one when it ends (with
+its counts and seconds), the steps' warnings and errors, a progress bar for long loops,
+and, when a step crashes, the end of its output with the traceback. At ``--log-level
+DEBUG`` the terminal gets everything, as kfp.local prints it.
 """
 
 import dataclasses
@@ -14,16 +25,31 @@ import datetime
 import logging
 import os
 import secrets
+import shutil
 import tempfile
 import time
 import warnings
+from contextlib import redirect_stdout
 from pathlib import Path
 
+from searchtune import records
 from searchtune.errors import SearchtuneError
-from searchtune.logs import ERROR_FILE_ENV
+from searchtune.logs import ERROR_FILE_ENV, PipelineConsole
 from searchtune.params import RunParameters
+from searchtune.progress import EVENTS_ENV
 
 log = logging.getLogger(__name__)
+
+LOG_FILE = "pipeline.log"
+# What people open, linked or copied into the run's folder: (step, output artifact, file inside or None, name).
+PUBLISHED = (
+    ("evaluate", "report", None, records.REPORT_FILE),
+    ("evaluate", "summary", None, records.SUMMARY_FILE),
+    ("evaluate", "drift_report", None, records.DRIFT_HTML_FILE),
+    ("evaluate", "evaluation", records.PREDICTIONS_FILE, records.PREDICTIONS_FILE),
+    ("evaluate", "evaluation", records.MODEL_CARD_FILE, records.MODEL_CARD_FILE),
+    ("finetune", "model", None, "model"),
+)
 
 
 class PipelineFailed(Exception):
@@ -44,6 +70,11 @@ class LocalRun:
         """The folder or file of one step's output artifact."""
         return Path(self.run_dir, step, output)
 
+    def published(self, name: str) -> Path | None:
+        """A file or folder of the run's folder (``report.html``, ``model``...), if the run made it."""
+        path = Path(self.root, name)
+        return path if path.exists() else None
+
 
 def new_run_id() -> str:
     return datetime.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
@@ -60,8 +91,14 @@ def compile_pipeline(output: str, settings=None) -> str:
     return output
 
 
-def run_local(parameters: RunParameters, output_dir: str) -> LocalRun:
+def run_local(parameters: RunParameters, output_dir: str, describe_step=None) -> LocalRun:
     """Run the pipeline under kfp.local in a new folder of ``output_dir``.
+
+    Args:
+        parameters: every run parameter.
+        output_dir: where the run's folder is made.
+        describe_step: ``(step, step folder) -> str``, the counts shown when a step ends
+            (default: none, the line gives the seconds only).
 
     Raises:
         SearchtuneError: a step refused the input; the message names the step and the reason.
@@ -89,18 +126,55 @@ def run_local(parameters: RunParameters, output_dir: str) -> LocalRun:
     started = time.time()
     with tempfile.NamedTemporaryFile("r", suffix=".errors", delete=False) as error_file:
         os.environ[ERROR_FILE_ENV] = error_file.name
+    os.environ[EVENTS_ENV] = "1"
+    # The steps' own libraries: no download bars in the log (the terminal gets searchtune's bar).
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    console = PipelineConsole(root / LOG_FILE, lambda: _run_folder(root, PIPELINE_NAME), describe_step)
     try:
-        pipeline(**arguments)
+        with console, redirect_stdout(console):
+            pipeline(**arguments)
     except RuntimeError as error:
         reasons = Path(error_file.name).read_text().strip()
         if reasons:
             raise SearchtuneError(reasons.splitlines()[-1]) from None
-        raise PipelineFailed(f"the pipeline failed: {error}") from None
+        raise PipelineFailed(f"the pipeline failed: {error}; full log: {root / LOG_FILE}") from None
     finally:
-        os.environ.pop(ERROR_FILE_ENV, None)
+        for name in (ERROR_FILE_ENV, EVENTS_ENV):
+            os.environ.pop(name, None)
         os.unlink(error_file.name)
-    run_dirs = [d for d in root.iterdir() if d.is_dir() and d.name.startswith(PIPELINE_NAME)]
-    if len(run_dirs) != 1:
-        raise PipelineFailed(f"{root}: expected one kfp.local run folder, found {len(run_dirs)}")
-    return LocalRun(run_id=run_id, root=str(root), run_dir=str(run_dirs[0]), seconds=round(time.time() - started, 1),
-                    parameters=parameters)
+    run_dir = _run_folder(root, PIPELINE_NAME)
+    if run_dir is None:
+        raise PipelineFailed(f"{root}: expected one kfp.local run folder")
+    run = LocalRun(run_id=run_id, root=str(root), run_dir=str(run_dir), seconds=round(time.time() - started, 1),
+                   parameters=parameters)
+    publish(run)
+    return run
+
+
+def _run_folder(root: Path, pipeline_name: str) -> Path | None:
+    found = [d for d in root.iterdir() if d.is_dir() and d.name.startswith(pipeline_name)] if root.exists() else []
+    return found[0] if len(found) == 1 else None
+
+
+def publish(run: LocalRun) -> list[Path]:
+    """Put what people open into the run's folder, under names with extensions (``PUBLISHED``).
+
+    Files are copied (they are small, and a copy opens anywhere); the model folder is linked.
+    Returns the paths made.
+    """
+    made = []
+    for step, output, inner, name in PUBLISHED:
+        source = run.step_output(step, output)
+        source = source / inner if inner else source
+        target = Path(run.root, name)
+        if not source.exists() or target.exists():
+            continue
+        if source.is_dir():
+            try:
+                target.symlink_to(os.path.relpath(source, run.root), target_is_directory=True)
+            except OSError:  # no symbolic links here: the path of the folder itself is what the summary shows
+                continue
+        else:
+            shutil.copyfile(source, target)
+        made.append(target)
+    return made

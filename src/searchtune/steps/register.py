@@ -98,6 +98,11 @@ def _stage_version(staging: str, model_dir: str, splits_dir: str, evaluation_dir
         if os.path.exists(record.path(staging)):
             raise SearchtuneError(f"{model_dir}: contains {record.FILE}, which the evaluation step provides")
         record.write(staging)
+    # What a reviewer of the version reads: the model card and the evaluation report (evaluation
+    # folders written before searchtune had them lack them, and register without them).
+    for page in (records.MODEL_CARD_FILE, records.REPORT_FILE):
+        if os.path.exists(os.path.join(evaluation_dir, page)):
+            shutil.copyfile(os.path.join(evaluation_dir, page), os.path.join(staging, page))
     rows = write_reference_sample(os.path.join(splits_dir, records.split_file("train")),
                                   os.path.join(staging, records.REFERENCE_SAMPLE_FILE))
     lineage = build_lineage(run, records.IngestStats.read(splits_dir), model, evaluation, rows)

@@ -1,0 +1,182 @@
+"""Small inline SVG charts for the evaluation report: no JavaScript, no fonts, no network.
+
+Each function returns one ``<svg>`` element as text, sized in CSS pixels, with its axes,
+ticks and a legend, so the report renders the same in a browser from disk and in the
+KFP UI's HTML viewer (which shows artifacts in a sandboxed frame). Hand-written rather
+than matplotlib: the project does not depend on a plotting library, and these are four
+kinds of chart.
+"""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+
+WIDTH, HEIGHT = 360, 260
+MARGIN = {"left": 54, "right": 12, "top": 12, "bottom": 38}
+PALETTE = {"candidate": "#1f77b4", "production": "#d62728", "base": "#7f7f7f", "lexical": "#2ca02c",
+           "relevant": "#1f77b4", "not relevant": "#ff7f0e"}
+FALLBACK_COLOURS = ("#9467bd", "#8c564b", "#e377c2", "#17becf")
+
+
+def colour(name: str, position: int = 0) -> str:
+    return PALETTE.get(name, FALLBACK_COLOURS[position % len(FALLBACK_COLOURS)])
+
+
+class Frame:
+    """A plotting area: data ranges mapped to pixels, with the axes drawn once."""
+
+    def __init__(self, x_range: tuple[float, float], y_range: tuple[float, float], x_label: str, y_label: str,
+                 width: int = WIDTH, height: int = HEIGHT, x_ticks=None):
+        self.x0, self.x1 = x_range
+        self.y0, self.y1 = y_range
+        if self.x1 <= self.x0:
+            self.x1 = self.x0 + 1.0
+        if self.y1 <= self.y0:
+            self.y1 = self.y0 + 1.0
+        self.width, self.height = width, height
+        self.left, self.right = MARGIN["left"], width - MARGIN["right"]
+        self.top, self.bottom = MARGIN["top"], height - MARGIN["bottom"]
+        self.parts = [self._axes(x_label, y_label, x_ticks)]
+
+    def x(self, value) -> np.ndarray:
+        return self.left + (np.asarray(value, dtype=float) - self.x0) / (self.x1 - self.x0) * (self.right - self.left)
+
+    def y(self, value) -> np.ndarray:
+        return self.bottom - (np.asarray(value, dtype=float) - self.y0) / (self.y1 - self.y0) * (self.bottom - self.top)
+
+    def _axes(self, x_label: str, y_label: str, x_ticks=None) -> str:
+        parts = [f'<rect x="{self.left}" y="{self.top}" width="{self.right - self.left}" height="{self.bottom - self.top}" '
+                 'fill="#fff" stroke="#999"/>']
+        x_ticks = nice_ticks(self.x0, self.x1) if x_ticks is None else np.asarray(x_ticks, dtype=float)
+        for tick, text in zip(x_ticks, _tick_labels(x_ticks), strict=True):
+            px = float(self.x(tick))
+            parts.append(f'<line x1="{px:.1f}" y1="{self.bottom}" x2="{px:.1f}" y2="{self.bottom + 4}" stroke="#999"/>'
+                         f'<text x="{px:.1f}" y="{self.bottom + 15}" text-anchor="middle">{text}</text>')
+        y_ticks = nice_ticks(self.y0, self.y1)
+        for tick, text in zip(y_ticks, _tick_labels(y_ticks), strict=True):
+            py = float(self.y(tick))
+            parts.append(f'<line x1="{self.left - 4}" y1="{py:.1f}" x2="{self.right}" y2="{py:.1f}" stroke="#eee"/>'
+                         f'<text x="{self.left - 6}" y="{py + 4:.1f}" text-anchor="end">{text}</text>')
+        parts.append(f'<text x="{(self.left + self.right) / 2:.0f}" y="{self.height - 6}" text-anchor="middle">'
+                     f'{html.escape(x_label)}</text>')
+        parts.append(f'<text transform="translate(12,{(self.top + self.bottom) / 2:.0f}) rotate(-90)" text-anchor="middle">'
+                     f'{html.escape(y_label)}</text>')
+        return "".join(parts)
+
+    def line(self, xs, ys, stroke: str, width: float = 2.0, dash: str = "") -> None:
+        points = " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(self.x(xs), self.y(ys), strict=True))
+        dashed = f' stroke-dasharray="{dash}"' if dash else ""
+        self.parts.append(f'<polyline points="{points}" fill="none" stroke="{stroke}" stroke-width="{width}"{dashed}/>')
+
+    def dots(self, xs, ys, fill: str, radius: float = 3.5) -> None:
+        self.parts.extend(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="{radius}" fill="{fill}"/>'
+                          for a, b in zip(self.x(xs), self.y(ys), strict=True))
+
+    def bars(self, edges, heights, fill: str, opacity: float = 0.55) -> None:
+        left, right, top = self.x(edges[:-1]), self.x(edges[1:]), self.y(heights)
+        self.parts.extend(f'<rect x="{a:.1f}" y="{t:.1f}" width="{max(b - a - 0.5, 0.5):.1f}" height="{self.bottom - t:.1f}" '
+                          f'fill="{fill}" fill-opacity="{opacity}"/>' for a, b, t in zip(left, right, top, strict=True))
+
+    def vertical(self, value: float, stroke: str = "#333", dash: str = "3,3") -> None:
+        px = float(self.x(value))
+        self.parts.append(f'<line x1="{px:.1f}" y1="{self.top}" x2="{px:.1f}" y2="{self.bottom}" stroke="{stroke}" '
+                          f'stroke-dasharray="{dash}"/>')
+
+    def legend(self, entries: list[tuple[str, str]], corner: str = "bottom-right") -> None:
+        row, width = 15, max((len(label) for label, _ in entries), default=0) * 6.3 + 26
+        x = self.right - width - 6 if corner.endswith("right") else self.left + 6
+        y = self.bottom - row * len(entries) - 6 if corner.startswith("bottom") else self.top + 6
+        self.parts.append(f'<rect x="{x:.0f}" y="{y:.0f}" width="{width:.0f}" height="{row * len(entries) + 4}" '
+                          'fill="#fff" fill-opacity="0.85" stroke="#ddd"/>')
+        for i, (label, stroke) in enumerate(entries):
+            cy = y + 10 + i * row
+            self.parts.append(f'<line x1="{x + 5:.0f}" y1="{cy:.0f}" x2="{x + 19:.0f}" y2="{cy:.0f}" stroke="{stroke}" '
+                              f'stroke-width="3"/><text x="{x + 23:.0f}" y="{cy + 4:.0f}">{html.escape(label)}</text>')
+
+    def svg(self, title: str) -> str:
+        return (f'<svg class="chart" width="{self.width}" height="{self.height}" viewBox="0 0 {self.width} {self.height}" '
+                f'role="img" aria-label="{html.escape(title)}"><title>{html.escape(title)}</title>{"".join(self.parts)}</svg>')
+
+
+def nice_ticks(low: float, high: float, count: int = 5) -> np.ndarray:
+    """Round tick positions inside [low, high]: multiples of 1, 2, 2.5 or 5 times a power of ten."""
+    raw = (high - low) / max(count - 1, 1)
+    power = 10.0 ** np.floor(np.log10(raw))
+    step = power * next(m for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+    ticks = np.arange(np.ceil(low / step - 1e-9) * step, high + step * 1e-9, step)
+    return np.round(ticks, 10)
+
+
+def _tick_labels(ticks: np.ndarray) -> list[str]:
+    """Labels with the decimals the spacing needs (0.25 -> 2, 0.002 -> 3)."""
+    if len(ticks) < 2:
+        return [f"{t:g}" for t in ticks]
+    step = float(np.min(np.diff(ticks)))
+    decimals = next((d for d in range(6) if abs(round(step, d) - step) < step * 1e-6), 6)
+    return [f"{(0.0 if abs(t) < step * 1e-9 else t):.{decimals}f}" for t in ticks]
+
+
+def curve_chart(title: str, series: dict[str, tuple[np.ndarray, np.ndarray]], labels: dict[str, str], x_label: str,
+                y_label: str, diagonal: bool = False, corner: str = "bottom-right") -> str:
+    """Overlaid curves on [0, 1] x [0, 1] (ROC, precision-recall)."""
+    frame = Frame((0.0, 1.0), (0.0, 1.0), x_label, y_label)
+    if diagonal:
+        frame.line([0, 1], [0, 1], "#bbb", width=1, dash="4,4")
+    for i, (name, (xs, ys)) in enumerate(series.items()):
+        frame.line(xs, ys, colour(name, i), width=2.4 if name == "candidate" else 1.6)
+    frame.legend([(labels[name], colour(name, i)) for i, name in enumerate(series)], corner)
+    return frame.svg(title)
+
+
+def histogram_chart(title: str, edges: np.ndarray, shares: dict[str, np.ndarray], x_label: str) -> str:
+    """Overlaid histograms of shares (e.g. relevant vs not relevant)."""
+    top = max(float(max(values.max() for values in shares.values())), 1e-9) * 1.1
+    frame = Frame((float(edges[0]), float(edges[-1])), (0.0, top), x_label, "share of rows")
+    for i, (name, values) in enumerate(shares.items()):
+        frame.bars(edges, values, colour(name, i))
+    frame.legend([(name, colour(name, i)) for i, name in enumerate(shares)], "top-left")
+    return frame.svg(title)
+
+
+def reliability_chart(title: str, series: dict[str, dict], labels: dict[str, str]) -> str:
+    """Observed relevant rate against mean predicted probability per bin, with the diagonal."""
+    frame = Frame((0.0, 1.0), (0.0, 1.0), "predicted probability", "observed share relevant")
+    frame.line([0, 1], [0, 1], "#bbb", width=1, dash="4,4")
+    for i, (name, bins) in enumerate(series.items()):
+        frame.line(bins["predicted"], bins["observed"], colour(name, i), width=1.6)
+        frame.dots(bins["predicted"], bins["observed"], colour(name, i))
+    frame.legend([(f"{labels[name]} (ECE {bins['ece']:.3f})", colour(name, i)) for i, (name, bins) in enumerate(series.items())],
+                 "top-left")
+    return frame.svg(title)
+
+
+def change_histogram(title: str, changes: np.ndarray, x_label: str) -> str:
+    """Histogram of per-query changes, centred on zero, with the zero line marked."""
+    reach = max(float(np.abs(changes).max()) if len(changes) else 0.0, 0.05)
+    edges = np.linspace(-reach, reach, 25)
+    counts = np.histogram(changes, bins=edges)[0]
+    frame = Frame((-reach, reach), (0.0, max(float(counts.max()) if len(counts) else 1.0, 1.0) * 1.1), x_label, "queries")
+    frame.bars(edges, counts, "#1f77b4", opacity=0.7)
+    frame.vertical(0.0)
+    return frame.svg(title)
+
+
+def epoch_chart(title: str, epochs: list[int], values: list[float | None], y_label: str, best: int | None = None) -> str:
+    """One per-epoch curve with its values written at the points; the best epoch's line is dashed."""
+    kept = [(e, v) for e, v in zip(epochs, values, strict=True) if v is not None and np.isfinite(v)]
+    xs = np.array([e for e, _ in kept], dtype=float)
+    ys = np.array([v for _, v in kept], dtype=float)
+    low, high = (float(ys.min()), float(ys.max())) if len(ys) else (0.0, 1.0)
+    pad = (high - low) * 0.25 or abs(high) * 0.05 or 0.05
+    frame = Frame((min(epochs, default=1) - 0.3, max(epochs, default=1) + 0.3), (low - pad, high + pad), "epoch", y_label,
+                  x_ticks=epochs or [1])
+    if best:
+        frame.vertical(best, stroke="#2ca02c")
+    if len(xs):
+        frame.line(xs, ys, "#1f77b4")
+        frame.dots(xs, ys, "#1f77b4")
+        frame.parts.extend(f'<text x="{a:.1f}" y="{b - 7:.1f}" text-anchor="middle">{v:.3f}</text>'
+                           for a, b, v in zip(frame.x(xs), frame.y(ys), ys, strict=True))
+    return frame.svg(title)
