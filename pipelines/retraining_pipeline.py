@@ -57,6 +57,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
         label_min: float = DEFAULTS.label_min,
         label_max: float = DEFAULTS.label_max,
         max_reject_ratio: float = DEFAULTS.max_reject_ratio,
+        encoding: str = DEFAULTS.encoding,
         base_model: str = DEFAULTS.base_model,
         architecture: str = DEFAULTS.architecture,
         max_length: int = DEFAULTS.max_length,

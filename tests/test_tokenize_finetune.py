@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
+import pyarrow as pa
 import pytest
 
 from searchtune import records
@@ -21,8 +21,10 @@ from searchtune.steps import finetune
 
 def test_tokenized_splits_are_unpadded_and_truncated(splits_dir, tokenized_dir):
     stats = json.loads(Path(tokenized_dir, "tokenize_stats.json").read_text())
-    table = pq.read_table(Path(tokenized_dir, "train.parquet"))
-    assert table.column_names == ["label", "target", "query_ids", "text_ids"]
+    shards = sorted(Path(tokenized_dir, "train").glob("part-*.arrow"))
+    table = pa.concat_tables(pa.ipc.open_file(pa.memory_map(str(p))).read_all() for p in shards)
+    assert table.column_names == ["label", "target", "query_key", "query_ids", "text_ids"]
+    assert table.schema.field("text_ids").type == pa.list_(pa.int32())
     lengths = [len(ids) for ids in table.column("text_ids").to_pylist()]
     assert max(lengths) <= 32 and min(lengths) < max(lengths)  # no pad-to-max
     assert stats["splits"]["train"]["rows"] == table.num_rows

@@ -27,6 +27,7 @@ def ingest(
     label_min: float,
     label_max: float,
     max_reject_ratio: float,
+    encoding: str,
     data_version: str,
     splits: Output[Dataset],
     rejects: Output[Dataset],

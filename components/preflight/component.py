@@ -25,6 +25,7 @@ def preflight(
     label_min: float,
     label_max: float,
     max_reject_ratio: float,
+    encoding: str,
     base_model: str,
     architecture: str,
     max_length: int,

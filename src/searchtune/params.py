@@ -19,6 +19,7 @@ parameter, so a bad value is refused before any step runs.
 
 from __future__ import annotations
 
+import codecs
 import re
 from typing import Any, Literal, get_args
 
@@ -51,6 +52,11 @@ class IngestParams(_Params):
     label_min: float = Field(1.0, description="Smallest valid graded label; rows outside [label_min, label_max] are rejected.")
     label_max: float = Field(3.0, description="Largest valid graded label.")
     max_reject_ratio: float = Field(0.05, ge=0, le=1, description="Stop the run when a larger share of rows is rejected (0-1).")
+    encoding: str = Field("auto", min_length=1, description="Text encoding of CSV/TSV/JSONL input. auto: UTF-8 (a byte-order "
+                                                            "mark selects UTF-8/16/32) and a file with a line that is not UTF-8 "
+                                                            "is refused, naming the line; a codec name (cp1252, latin-1, ...) "
+                                                            "decodes the lines that are not UTF-8 with it (utf-16/utf-32: the "
+                                                            "whole file). Characters are never replaced.")
 
     @property
     def text_column_list(self) -> tuple[str, ...]:
@@ -60,6 +66,12 @@ class IngestParams(_Params):
     def _labels_make_sense(self) -> IngestParams:
         if not self.text_column_list:
             raise ValueError("text_columns names no column")
+        if self.encoding != "auto":
+            try:
+                codecs.lookup(self.encoding)
+            except LookupError:
+                raise ValueError(f"encoding {self.encoding!r} is not a known text encoding (auto, utf-8, cp1252, latin-1, "
+                                 "utf-16, ...)") from None
         if not self.binary_labels:
             if self.label_min >= self.label_max:
                 raise ValueError(f"label_min {self.label_min:g} must be below label_max {self.label_max:g}")

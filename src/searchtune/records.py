@@ -131,6 +131,8 @@ class IngestStats(Record):
     duplicates_dropped: int
     rows_kept: int
     splits: dict[str, SplitStats]
+    encodings: dict[str, str] = {}  # input file -> how its text was decoded
+    lines_decoded_with_fallback: int = 0  # lines that were not UTF-8, decoded with the declared encoding
 
 
 # --- tokenize ---------------------------------------------------------------------------

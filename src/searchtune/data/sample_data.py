@@ -12,17 +12,25 @@ brand is rated low although it reads almost like the query; accessories ("drill 
 set" for "cordless drill") are rated low; jargon queries share no words with the
 products that match them.
 
+:func:`generate_log` scales the judgements up to search-log size (millions of rows in
+seconds, for benchmarks and tests, so nobody commits big data).
+
 Longer than 300 lines because the query styles and the rater model are one generative
-story that reads best in one place; the catalog's vocabulary is ``data/catalog.py`` and
-the command that writes the file is ``cli/sample_data.py``.
+story that reads best in one place, and the large log is that story rewritten at scale;
+the catalog's vocabulary is ``data/catalog.py`` and the command that writes the files is
+``cli/sample_data.py``.
 """
 
 import dataclasses
 import logging
+import math
 import re
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from searchtune.data.catalog import Product, ProductType, _data_file, build_catalog, load_vocabulary
 from searchtune.errors import SearchtuneError
@@ -318,3 +326,74 @@ def default_sample_path() -> str:
     return str(path)
 
 
+
+
+# --------------------------------------------------------------------------- large logs
+LOG_COLUMNS = ["search_term", "product_uid", "product_title", "brand", "category", "relevance"]
+LOG_BASE_QUERIES = 2000
+ROWS_PER_QUERY = 6  # like the Home Depot judgements (74,067 rows, 11,795 queries)
+ROWS_PER_PRODUCT = 4
+QUERY_PREFIXES = ("", "best", "cheap", "heavy duty", "commercial", "outdoor", "indoor", "compact", "professional",
+                  "replacement", "new", "used", "small", "large", "quiet", "portable", "black", "white", "stainless",
+                  "brushed nickel", "oil rubbed bronze", "contractor", "home", "diy", "premium", "budget", "top rated",
+                  "energy star", "ul listed", "weatherproof")
+QUERY_SUFFIXES = ("", "near me", "for sale", "on sale", "in stock", "kit", "set", "2 pack", "4 pack", "10 pack",
+                  "with light", "with case", "for garage", "for bathroom", "for kitchen", "for deck", "for basement",
+                  "installation", "parts", "reviews", "home depot", "lowes", "menards", "free shipping", "clearance",
+                  "bulk", "rental", "accessories", "lowest price", "same day", "24 inch", "36 inch", "48 inch",
+                  "1/2 inch", "3/4 inch", "12 volt", "120v", "240v", "gray", "brown")
+
+
+def generate_log(rows: int, seed: int = 7, batch_rows: int = 1_000_000) -> Iterator[pa.Table]:
+    """A search log of ``rows`` rows, in Arrow tables of at most ``batch_rows``: fast, for scale tests.
+
+    Each row takes a judged (query, product, grade) of :func:`generate_judgements` (2,000
+    queries) and rewrites both sides: the query gets one of many shopper modifiers
+    ("cheap ... near me"), the product one of many model variants (its own uid and a model
+    number in the title), so distinct queries and products grow with ``rows`` (about one
+    query per ``ROWS_PER_QUERY`` rows and one product per ``ROWS_PER_PRODUCT``, like real
+    logs) while the grade keeps the judged relation. Rows are in random order, as in a log;
+    a few are exact duplicates, as in a log. The same arguments give the same rows.
+
+    Args:
+        rows: number of rows.
+        seed: seed of the base judgements and of the rewriting.
+        batch_rows: rows per yielded table.
+    """
+    if rows < 1:
+        raise SearchtuneError(f"rows must be at least 1, got {rows}")
+    base = generate_judgements(n_queries=LOG_BASE_QUERIES, seed=seed)
+    columns = {c: pa.array(base[c]) for c in LOG_COLUMNS}
+    query_variants = max(1, math.ceil(rows / ROWS_PER_QUERY / LOG_BASE_QUERIES))
+    product_variants = max(1, math.ceil(rows / ROWS_PER_PRODUCT / base["product_uid"].nunique()))
+    modifiers = _query_modifiers(query_variants)
+    models = pa.array([_model_number(k) for k in range(product_variants)])
+    rng = np.random.default_rng([seed, rows])
+    for start in range(0, rows, batch_rows):
+        n = min(batch_rows, rows - start)
+        picked = pa.array(rng.integers(0, len(base), n))
+        variant = rng.integers(0, query_variants, n)
+        model = pa.array(rng.integers(0, product_variants, n))
+        prefix, suffix = modifiers[0].take(pa.array(variant)), modifiers[1].take(pa.array(variant))
+        query = pc.binary_join_element_wise(prefix, columns["search_term"].take(picked), suffix, " ")
+        title = pc.utf8_trim(pc.binary_join_element_wise(columns["product_title"].take(picked), models.take(model), " "), " ")
+        uid = pc.add(pc.multiply(columns["product_uid"].take(picked), product_variants), model)
+        yield pa.table({"search_term": pc.utf8_trim(query, " "), "product_uid": uid, "product_title": title,
+                        "brand": columns["brand"].take(picked), "category": columns["category"].take(picked),
+                        "relevance": columns["relevance"].take(picked)})
+
+
+def _query_modifiers(count: int) -> tuple[pa.Array, pa.Array]:
+    """``count`` distinct (prefix, suffix) pairs; past the word lists' product, a number joins the suffix."""
+    prefixes, suffixes = [], []
+    for v in range(count):
+        a, rest = v % len(QUERY_PREFIXES), v // len(QUERY_PREFIXES)
+        b, n = rest % len(QUERY_SUFFIXES), rest // len(QUERY_SUFFIXES)
+        prefixes.append(QUERY_PREFIXES[a])
+        suffixes.append(" ".join(filter(None, [QUERY_SUFFIXES[b], str(n) if n else ""])))
+    return pa.array(prefixes), pa.array(suffixes)
+
+
+def _model_number(k: int) -> str:
+    letters = "".join(chr(ord("A") + (k // 26**i) % 26) for i in range(2))
+    return f"Model {letters}{100 + k % 900}-{k // 900}" if k else ""
