@@ -45,8 +45,24 @@ def test_every_model_is_scored_on_the_same_rows_with_intervals(no_champion_evalu
     assert len(predictions) == len(test)
     assert {"score_candidate", "score_base", "score_lexical", "query", "product_text", "label"} <= set(predictions.columns)
     summary = (folder / records.SUMMARY_FILE).read_text()
-    for heading in ("## Gate", "## Metrics on the same test rows", "*random scores*", "| candidate minus |"):
+    for heading in ("## Gate", "## Metrics on the same test rows", "*random scores*", "| candidate minus |", "## Slices"):
         assert heading in summary
+
+
+def test_the_report_model_card_and_drift_are_written_with_the_evaluation(no_champion_evaluation):
+    folder, result = no_champion_evaluation
+    page = (folder / records.REPORT_FILE).read_text()
+    assert page.startswith("<!doctype html>") and len(page.encode()) < 2_000_000
+    for section in ("Metrics on the same test rows", "Per query: candidate vs untuned base", "Slices:", "Training", "Data",
+                    "Drift since production was trained", "<title>ROC curves", "<title>Reliability diagram"):
+        assert section in page, section
+    assert "://" not in page and "<script" not in page
+    card = (folder / records.MODEL_CARD_FILE).read_text()
+    assert "## Intended use" in card and "## Limitations" in card and f"# {MODEL} (run-1)" in card
+    # First model: nothing to compare the data with, so no alarm.
+    assert result.drift.status == "no_reference" and result.drift.drifted_columns == []
+    assert result.drift.headline == "no reference yet (no production model yet): nothing to compare, no alarm"
+    assert "no reference yet" in (folder / records.DRIFT_HTML_FILE).read_text()
 
 
 def test_the_blessing_names_its_clauses_and_the_rule(no_champion_evaluation):
@@ -90,3 +106,6 @@ def test_the_production_model_is_scored_on_the_same_rows(trained_model_dir, spli
     assert difference.difference == 0 and difference.low == 0 and difference.high == 0
     assert result.production_version == 1 and result.blessing.blessed
     assert "not worse than production v1" in result.blessing.reason
+    # A version registered without a training sample gives drift nothing to compare with.
+    assert result.drift.status == "no_reference" and "registered without a training sample" in result.drift.headline
+    assert "Per query: candidate vs production v1" in (tmp_path / "evaluation" / records.REPORT_FILE).read_text()

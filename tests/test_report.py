@@ -1,0 +1,196 @@
+"""The evaluation report: its sections, its size, no network reference, and the numbers behind it.
+
+Built from a synthetic test split large enough to exercise every section (2,400 queries,
+a candidate, an untuned base, a lexical baseline and a production model with real
+statistics and a real gate decision); the real pipeline's report is checked in
+tests/test_evaluate.py and tests/test_pipeline_local.py.
+"""
+
+import html
+import re
+import xml.etree.ElementTree as ElementTree
+from html.parser import HTMLParser
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from searchtune import records
+from searchtune.ml.stats import compute_statistics
+from searchtune.params import GateParams, TrainParams
+from searchtune.steps import model_card, report, report_analysis, summary
+from searchtune.steps.gate import decide
+
+GATE = GateParams()
+HOSTILE_PRODUCT = '<script>fetch("https://evil.example/x")</script> drill & <b>bits</b>'
+
+
+def synthetic_predictions(queries: int = 2400, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(4, 12, size=queries)
+    group = np.repeat(np.arange(queries), rows)
+    words = np.array(["drill", "cordless", "paint", "white", "led", "bulb", "pvc", "pipe", "saw", "blade", "oak", "door"])
+    query_text = {q: " ".join(rng.choice(words, size=1 + q % 6)) + ("" if q % 3 else f" zq{q}") for q in range(queries)}
+    latent = rng.normal(size=len(group))
+    grade = np.clip(np.round(2 + latent + 0.6 * rng.normal(size=len(group))), 1, 3)
+    label = (grade >= 2.5).astype(int)
+    frame = pd.DataFrame({
+        "query": [query_text[q] for q in group],
+        "product_text": [f"product {i % 5000}" for i in range(len(group))],
+        "label": label, "grade": grade, "query_group": [f"g{q}" for q in group],
+        "score_candidate": latent + 0.5 * rng.normal(size=len(group)),
+        "score_production": latent + 0.7 * rng.normal(size=len(group)),
+        "score_base": 0.5 * latent + rng.normal(size=len(group)),
+        "score_lexical": 1 / (1 + np.exp(-(0.3 * latent + rng.normal(size=len(group))))),
+    })
+    # The most improved query (the candidate ranks it perfectly, production backwards) shows a hostile product text.
+    first = frame["query_group"] == "g0"
+    frame.loc[first, "label"] = np.arange(first.sum()) % 2
+    frame.loc[first, "score_candidate"] = frame.loc[first, "label"] * 5.0
+    frame.loc[first, "score_production"] = -frame.loc[first, "label"] * 5.0
+    frame.loc[0, "product_text"] = HOSTILE_PRODUCT
+    return frame
+
+
+def build(predictions: pd.DataFrame, drift: records.DriftSummary | None = None):
+    scores = {c.removeprefix("score_"): predictions[c].to_numpy() for c in predictions.columns if c.startswith("score_")}
+    statistics = compute_statistics(predictions["query_group"].to_numpy(), predictions["label"].to_numpy(), scores,
+                                    gains=predictions["grade"].to_numpy() - 1, logit_models={"candidate", "base", "production"})
+    verdict = decide(statistics, GATE, production_label="production v3", candidate_id="run-7", production_version=3)
+    drift = drift or records.DriftSummary(reference="production v3's training data", current="this run's training data",
+                                          drifted_columns=["label"], columns=6, share_drifted=0.1667,
+                                          per_column={"label": {"score": 0.08, "threshold": 0.05, "method": "jensenshannon",
+                                                                "drifted": True, "meaning": "label rate"}},
+                                          reference_rows=5000, current_rows=5000, status="drifted", headline="DRIFT in label rate")
+    evaluation = records.Evaluation(test_rows=len(predictions), test_queries=int(predictions["query_group"].nunique()),
+                                    production_version=3, drift=drift, roc_curve={"fpr": [], "tpr": [], "thresholds": []},
+                                    confusion_matrix={}, blessing=verdict, model={})
+    split = records.SplitStats(rows=len(predictions), queries=evaluation.test_queries, positive_rate=float(predictions["label"].mean()))
+    stats = records.IngestStats(fingerprint="f" * 64, sources=["/data/logs.parquet"], column_mapping={"positive_threshold": 2.5},
+                                split_fractions={}, rows_read=50_000, rows_rejected=12, rejects_by_reason={"empty query": 12},
+                                duplicates_dropped=3, rows_kept=49_985, splits={"train": split, "test": split})
+    model = records.ModelRecord(architecture="bi-encoder", base_model=records.BaseModelRef(name_or_path="base", sha256="a" * 64),
+                                max_length=64, training=TrainParams().model_dump(), train_rows=40_000, best_epoch=2,
+                                best_validation_auc=0.81,
+                                epochs=[records.EpochRecord(epoch=e, train_loss=0.6 - 0.05 * e, validation_auc=0.78 + 0.015 * e,
+                                                            examples_per_second=50, seconds=60, padding_efficiency=0.8)
+                                        for e in (1, 2, 3)])
+    train = pd.DataFrame({"query": ["drill cordless", "paint white led"], "product_text": ["product 1", "product 2"]})
+    slices = report_analysis.slices(predictions, report_analysis.TrainingIndex.build([train]), GATE, "production")
+    return evaluation, stats, model, slices
+
+
+@pytest.fixture(scope="module")
+def rendered():
+    predictions = synthetic_predictions()
+    evaluation, stats, model, slices = build(predictions)
+    page = report.render_report(evaluation, predictions, stats, model, slices, run_id="run-7")
+    return page, evaluation, slices, stats, model
+
+
+class References(HTMLParser):
+    """Every tag and every attribute value of a document."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags, self.values = set(), []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+        self.values += [(name, value or "") for name, value in attrs]
+
+
+def test_the_report_has_every_section_a_reviewer_needs(rendered):
+    page, evaluation, *_ = rendered
+    assert page.startswith("<!doctype html>")
+    state = "BLESSED" if evaluation.blessing.blessed else "NOT BLESSED"
+    assert f'<div class="banner {"pass" if evaluation.blessing.blessed else "fail"}"><b>{state}</b>: ' \
+           f"{html.escape(evaluation.blessing.reason)}</div>" in page
+    for heading in ("Metrics on the same test rows", "Curves, score distributions and calibration", "Per query: candidate vs production v3",
+                    "most improved queries", "most regressed queries", "Slices: query-grouped AUC with its interval", "Training",
+                    "Data", "Drift since production was trained"):
+        assert heading in page, heading
+    for chart in ("ROC curves", "Precision-recall curves", "Reliability diagram", "Scores of candidate", "Per-query AUC change",
+                  "Training loss", "Validation AUC"):
+        assert f"<title>{chart}" in page, chart
+    for model in ("candidate", "production v3", "untuned base", "lexical (char TF-IDF)", "random scores"):
+        assert f"<td>{model}</td>" in page, model
+    assert re.search(r"\(ECE 0\.\d{3}\)", page)
+    assert "empty query: 12" in page and "DRIFT in label rate" in page and 'href="drift_report.html"' in page
+    for clause in evaluation.blessing.clauses:
+        assert f"<td>{clause.name}</td>" in page
+
+
+def test_the_report_is_small_self_contained_and_escapes_what_it_shows(rendered):
+    page, *_ = rendered
+    assert len(page.encode()) <= 2_000_000
+    parser = References()
+    parser.feed(page)
+    assert not parser.tags & {"script", "link", "img", "iframe", "object", "embed", "base", "meta http-equiv"}
+    for name, value in parser.values:
+        assert "://" not in value and not value.startswith("//"), (name, value)
+        if name in ("href", "src"):
+            assert value == records.DRIFT_HTML_FILE, (name, value)
+    assert "@import" not in page and "url(" not in page
+    assert "<script" not in page and "&lt;script&gt;" in page  # product text is shown, escaped
+    for svg in re.findall(r"<svg.*?</svg>", page, flags=re.S):
+        ElementTree.fromstring(svg)  # every chart is well-formed markup
+
+
+def test_a_much_larger_test_split_keeps_the_report_under_two_megabytes():
+    predictions = synthetic_predictions(queries=12_000, seed=1)
+    evaluation, stats, model, slices = build(predictions)
+    page = report.render_report(evaluation, predictions, stats, model, slices)
+    assert len(predictions) > 80_000 and len(page.encode()) <= 2_000_000
+
+
+def test_slices_get_intervals_or_say_why_not(rendered):
+    slices = rendered[2]
+    by_name = {s.name: s for s in slices}
+    assert [s.family for s in slices].count("query length") == 3
+    for s in slices:
+        if s.queries >= GATE.min_test_queries:
+            assert s.candidate.low < s.candidate.value < s.candidate.high, s.name
+            assert s.difference.low <= s.difference.difference <= s.difference.high, s.name
+        else:
+            assert s.candidate is None and "fewer than min_test_queries" in s.note
+    # Two training queries: queries with a zq<n> word are tail, those made only of their words head.
+    assert by_name["tail: a word no training query has"].queries > by_name["head: every word in training queries"].queries
+    assert by_name["unseen in training"].rows > by_name["seen in training"].rows
+
+
+def test_per_query_auc_and_calibration_match_direct_computations():
+    predictions = synthetic_predictions(queries=300, seed=2)
+    auc = report_analysis.per_query_auc(predictions, "candidate")
+    for group, rows in list(predictions.groupby("query_group"))[:50]:
+        if 0 < rows["label"].sum() < len(rows):
+            assert auc[group] == pytest.approx(roc_auc_score(rows["label"], rows["score_candidate"]))
+        else:
+            assert group not in auc.index
+    rng = np.random.default_rng(3)
+    probability = rng.uniform(size=200_000)
+    calibrated = report_analysis.calibration(rng.uniform(size=probability.size) < probability, np.log(probability / (1 - probability)))
+    assert calibrated["ece"] < 0.01 and calibrated["rows"].sum() == probability.size
+    overconfident = report_analysis.calibration(rng.uniform(size=probability.size) < 0.5, np.log(probability / (1 - probability)) * 5)
+    assert overconfident["ece"] > 0.3
+
+
+def test_the_training_index_tells_tail_queries_and_unseen_products():
+    index = report_analysis.TrainingIndex.build([pd.DataFrame({"query": ["Cordless Drill", "oak door"], "product_text": ["a", "b"]}),
+                                                 pd.DataFrame({"query": ["oak door"], "product_text": ["c"]})])
+    assert index.query_words["oak"] == 1  # distinct queries, not rows
+    assert not index.is_tail("drill oak") and index.is_tail("drill bits")
+    assert list(index.unseen_products(pd.Series(["a", "z", "c"]))) == [False, True, False]
+
+
+def test_summary_and_model_card_keep_the_essentials(rendered):
+    _, evaluation, slices, stats, model = rendered
+    markdown = summary.render_summary(evaluation, stats, model, slices)
+    assert evaluation.blessing.reason in markdown and "*random scores*" in markdown and "## Slices" in markdown
+    assert "DRIFT in label rate" in markdown and records.REPORT_FILE in markdown
+    card = model_card.render_model_card(evaluation, stats, model, slices, model_name="shop-relevance", ece=0.042)
+    assert card.startswith("---\n") and "model-index" in card and "name: shop-relevance" in card
+    for section in ("## Intended use", "## Data", "## Training", "## Evaluation", "## Where it is weaker", "## Limitations"):
+        assert section in card, section
+    assert summary.format_estimate(evaluation.blessing.gate_estimate()) in card and "0.042" in card
