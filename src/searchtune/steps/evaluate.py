@@ -112,7 +112,7 @@ def score_models(splits_dir: str, model_dir: str, production: Production, test: 
         PRODUCTION: lambda: production.score(test),
     }
     scores, unscored = {}, {}
-    for name in progress.track(list(jobs), len(jobs), "evaluate: scoring", unit="models", logger=log):
+    for name in progress.track(list(jobs), len(jobs), "scoring models", unit="models", logger=log):
         values = jobs[name]()
         if values is not None:
             scores[name] = values
