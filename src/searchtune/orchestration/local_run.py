@@ -126,9 +126,11 @@ def run_local(parameters: RunParameters, output_dir: str, describe_step=None) ->
     started = time.time()
     with tempfile.NamedTemporaryFile("r", suffix=".errors", delete=False) as error_file:
         os.environ[ERROR_FILE_ENV] = error_file.name
-    os.environ[EVENTS_ENV] = "1"
-    # The steps' own libraries: no download bars in the log (the terminal gets searchtune's bar).
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # For the step subprocesses: progress as events (drawn here as one bar), and no download
+    # bars from their libraries in the log.
+    step_environment = {EVENTS_ENV: "1", "HF_HUB_DISABLE_PROGRESS_BARS": os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "1")}
+    saved_environment = {name: os.environ.get(name) for name in step_environment}
+    os.environ.update(step_environment)
     console = PipelineConsole(root / LOG_FILE, lambda: _run_folder(root, PIPELINE_NAME), describe_step)
     try:
         with console, redirect_stdout(console):
@@ -139,8 +141,12 @@ def run_local(parameters: RunParameters, output_dir: str, describe_step=None) ->
             raise SearchtuneError(reasons.splitlines()[-1]) from None
         raise PipelineFailed(f"the pipeline failed: {error}; full log: {root / LOG_FILE}") from None
     finally:
-        for name in (ERROR_FILE_ENV, EVENTS_ENV):
-            os.environ.pop(name, None)
+        os.environ.pop(ERROR_FILE_ENV, None)
+        for name, value in saved_environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         os.unlink(error_file.name)
     run_dir = _run_folder(root, PIPELINE_NAME)
     if run_dir is None:
