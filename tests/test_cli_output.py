@@ -111,6 +111,8 @@ def test_a_step_emits_progress_events_when_searchtune_run_reads_it(monkeypatch, 
     assert list(progress.track(range(4), 4 * 32, "scoring", unit="rows", scale=32, logger=logging.getLogger("t"))) == [0, 1, 2, 3]
     events = [progress.parse_event(line) for line in capsys.readouterr().err.splitlines()]
     assert all(events) and events[-1] == {"what": "scoring", "done": 128, "total": 128, "unit": "rows"}
+    list(progress.track(range(4), 100, "chunks", unit="rows", scale=32))  # the last chunk is shorter: the count ends at 100
+    assert [progress.parse_event(line)["done"] for line in capsys.readouterr().err.splitlines()][-2:] == [100, 100]
 
 
 def test_the_log_level_reaches_the_steps_and_their_libraries(monkeypatch):

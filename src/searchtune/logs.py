@@ -169,6 +169,7 @@ class PipelineConsole(io.TextIOBase):
             self.bar.update(self._task or "", event)
             return
         self._log.write(line + "\n")
+        self._log.flush()  # the log is for following a run as it goes (tail -f), not only afterwards
         start, end = TASK_START.search(line), TASK_END.search(line)
         if start:
             self._begin(start.group(1))

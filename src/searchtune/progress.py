@@ -48,7 +48,7 @@ def track(iterable: Iterable[Item], total: int | None, what: str, unit: str = "i
         with tqdm(total=total, desc=what, unit=unit, unit_scale=True, leave=False, dynamic_ncols=True) as bar:
             for item in iterable:
                 yield item
-                bar.update(scale)
+                bar.update(scale if not total else min(scale, total - bar.n))
         return
     log = logger or logging.getLogger(__name__)
     events = bool(os.environ.get(EVENTS_ENV))
@@ -56,7 +56,7 @@ def track(iterable: Iterable[Item], total: int | None, what: str, unit: str = "i
     done = 0
     for item in iterable:
         yield item
-        done += scale
+        done = done + scale if not total else min(done + scale, total)  # a last, shorter chunk ends at the total
         now = time.monotonic()
         if events and now - last_event >= EVENT_EVERY_SECONDS:
             last_event = now
