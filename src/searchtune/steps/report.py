@@ -50,12 +50,13 @@ def _figure(svg: str, caption: str) -> str:
     return f"<figure>{svg}<figcaption>{caption}</figcaption></figure>"
 
 
-def verdict_section(evaluation: records.Evaluation) -> str:
+def verdict_section(evaluation: records.Evaluation, glance: str) -> str:
+    """The banner (verdict and reason), ``glance`` under it, then the rule and every clause."""
     blessing = evaluation.blessing
     state = "BLESSED" if blessing.blessed else "NOT BLESSED"
     clauses = [[_e(c.name), f'<b class="{c.status}">{_e(c.status)}</b>', _e(c.text)] for c in blessing.clauses]
     return (f'<div class="banner {"pass" if blessing.blessed else "fail"}"><b>{state}</b>: {_e(blessing.reason)}</div>'
-            f'<p class="muted">Decided by: {_e(blessing.decided_by)}. Rule: gate metric {_e(blessing.rule.gate_metric)}, '
+            + glance + f'<p class="muted">Decided by: {_e(blessing.decided_by)}. Rule: gate metric {_e(blessing.rule.gate_metric)}, '
             f"min_auc {blessing.rule.min_auc:g}, max_auc_drop {blessing.rule.max_auc_drop:g}, confidence "
             f"{blessing.rule.confidence:g}, min_test_queries {blessing.rule.min_test_queries}.</p>"
             + _table(["clause", "outcome", "numbers"], clauses, numeric_from=9))
@@ -95,8 +96,26 @@ def curves_section(predictions: pd.DataFrame, models: list[str], labels: dict[st
             + "".join(histograms) + "</div>")
 
 
-def per_query_section(predictions: pd.DataFrame, other: str, labels: dict[str, str]) -> str:
-    changes = analysis.query_changes(predictions, other)
+def glance_section(evaluation: records.Evaluation, changes: pd.DataFrame, slices: list[analysis.Slice], other: str,
+                   labels: dict[str, str]) -> str:
+    """Where the candidate wins and loses, in four lines under the verdict."""
+    statistics, metric = evaluation.blessing.statistics, evaluation.blessing.rule.gate_metric
+    label = statistics.metrics[metric].label
+    better, worse = int((changes["change"] > 0).sum()), int((changes["change"] < 0).sum())
+    measured = [s for s in slices if s.difference is not None and s.difference.difference is not None]
+    weakest = min(measured, key=lambda s: s.difference.difference, default=None)
+    lines = [f"{_e(label)}: candidate {_e(format_estimate(statistics.estimate(statistics.candidate, metric)))}, "
+             f"{_e(labels[other])} {_e(format_estimate(statistics.estimate(other, metric)))}; candidate minus "
+             f"{_e(labels[other])} {_e(format_difference(statistics.difference(other, metric)))}",
+             f"per query: <b class=up>{better} better</b>, <b class=down>{worse} worse</b>, "
+             f"{len(changes) - better - worse} the same, of {len(changes)}",
+             ("weakest slice: " + _e(f"{weakest.family} {weakest.name}, candidate minus {labels[other]} "
+                                     f"{format_difference(weakest.difference)}") if weakest else "no slice large enough for an interval"),
+             "drift: " + _e(evaluation.drift.headline or evaluation.drift.status)]
+    return "<ul>" + "".join(f"<li>{line}</li>" for line in lines) + "</ul>"
+
+
+def per_query_section(predictions: pd.DataFrame, changes: pd.DataFrame, other: str, labels: dict[str, str]) -> str:
     better, worse = int((changes["change"] > 0).sum()), int((changes["change"] < 0).sum())
     chart = plots.change_histogram(f"Per-query AUC change vs {labels[other]}", changes["change"].to_numpy(),
                                    f"candidate AUC minus {labels[other]} AUC, per query")
@@ -201,11 +220,13 @@ def render_report(evaluation: records.Evaluation, predictions: pd.DataFrame, sta
     statistics = evaluation.blessing.statistics
     metric_label = statistics.metrics[evaluation.blessing.rule.gate_metric].label
     title = f"searchtune evaluation {run_id}".strip()
+    changes = analysis.query_changes(predictions, other)
     body = [f"<h1>{_e(title)}</h1>",
             f'<p class=muted>Decided {_e(evaluation.blessing.decided_at)}; candidate {_e(model.architecture)} '
             f"(LoRA r={model.lora_r}); compared with {', '.join(_e(labels[m]) for m in models if m != analysis.CANDIDATE)}.</p>",
-            verdict_section(evaluation), metrics_section(evaluation), curves_section(predictions, models, labels),
-            per_query_section(predictions, other, labels), slices_section(slices, other, metric_label, labels),
+            verdict_section(evaluation, glance_section(evaluation, changes, slices, other, labels)), metrics_section(evaluation),
+            curves_section(predictions, models, labels), per_query_section(predictions, changes, other, labels),
+            slices_section(slices, other, metric_label, labels),
             training_section(model), data_section(stats), drift_section(evaluation.drift)]
     return (f"<!doctype html>\n<html lang=en><head><meta charset=utf-8><title>{_e(title)}</title><style>{STYLE}</style>"
             f"</head><body>{''.join(body)}</body></html>\n")
