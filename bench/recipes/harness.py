@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 from common import metrics
 
+from searchtune import records
 from searchtune.ml import lexical, modeling, text
 from searchtune.ml.losses import LossWeights, combined_loss
 from searchtune.ml.sampling import QueryGroupedBatches
@@ -46,6 +47,7 @@ class Recipe:
     warmup_ratio: float = 0.06
     weight_decay: float = 0.01
     hybrid: bool = False  # logit = scale*cos + lexical_weight*char_tfidf + bias
+    query_prior: bool = False  # logit += w . query_vector (a per-query bias; changes the pooled AUC only)
     epochs: int = 1
     train_queries: float = 1.0  # share of training queries used (seeded; whole queries)
     evaluations_per_epoch: int = 1
@@ -104,9 +106,18 @@ def score(model, texts: Texts, frame: pd.DataFrame, lexical_scores: np.ndarray |
         result = torch.empty_like(ordered)
         result[torch.as_tensor(order)] = ordered
         vectors[name] = result
-    cosine = (vectors["query"][query_codes] * vectors["text"][text_codes]).sum(-1)
     lex = torch.as_tensor(lexical_scores, dtype=torch.float32) if lexical_scores is not None else None
-    return model.pair_logits(cosine, lex).numpy()
+    return logits_of(model, vectors["query"], vectors["text"], torch.as_tensor(query_codes), torch.as_tensor(text_codes), lex).numpy()
+
+
+def logits_of(model, query_vectors: torch.Tensor, text_vectors: torch.Tensor, query_index: torch.Tensor,
+              text_index: torch.Tensor, lexical_scores: torch.Tensor | None) -> torch.Tensor:
+    """Row logits from the distinct vectors; plus the experimental query prior (``w . q``) when the model has one."""
+    cosine = (query_vectors[query_index] * text_vectors[text_index]).sum(-1)
+    logits = model.pair_logits(cosine, lexical_scores)
+    if hasattr(model, "query_prior"):
+        logits = logits + model.query_prior(query_vectors).squeeze(-1)[query_index]
+    return logits
 
 
 def batches_of(recipe: Recipe, train: pd.DataFrame, epoch: int) -> list[np.ndarray]:
@@ -116,13 +127,28 @@ def batches_of(recipe: Recipe, train: pd.DataFrame, epoch: int) -> list[np.ndarr
     return [order[i:i + recipe.batch_rows] for i in range(0, len(order), recipe.batch_rows)]
 
 
+def train_params(recipe: Recipe) -> TrainParams:
+    """The product's parameter object for the settings it already has."""
+    return TrainParams(lora_r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_targets=recipe.lora_targets,
+                       learning_rate=recipe.learning_rate, head_learning_rate=recipe.head_learning_rate,
+                       warmup_ratio=recipe.warmup_ratio, weight_decay=recipe.weight_decay, epochs=recipe.epochs,
+                       batch_size=recipe.batch_rows, seed=recipe.seed)
+
+
 def build(recipe: Recipe):
     base = modeling.resolve_base_model("")
-    params = TrainParams(lora_r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_targets=recipe.lora_targets,
-                         learning_rate=recipe.learning_rate, seed=recipe.seed)
     torch.manual_seed(recipe.seed)
-    model = modeling.build_model(params, base, lexical_feature=recipe.hybrid, init_from=recipe.init_from)
+    model = modeling.build_model(train_params(recipe), base, lexical_feature=recipe.hybrid, init_from=recipe.init_from)
     return model, modeling.load_tokenizer(base)
+
+
+def save(trained: Trained, recipe: Recipe, output_dir: str) -> None:
+    """Write the model as the fine-tune step does (adapter, head, tokenizer, record), e.g. to warm-start from."""
+    base = modeling.resolve_base_model("")
+    record = records.ModelRecord(architecture="bi-encoder", max_length=64, lora_r=recipe.lora_r,
+                                 base_model=records.BaseModelRef(**modeling.base_model_reference(base), bundled=True),
+                                 training=train_params(recipe).model_dump())
+    modeling.save_model(trained.model, modeling.load_tokenizer(base), output_dir, record)
 
 
 @dataclasses.dataclass
@@ -134,6 +160,7 @@ class Trained:
     texts: Texts  # every split's strings, tokenized
     frames: dict[str, pd.DataFrame]  # the splits as trained on (after any text transform)
     lexical_scores: dict[str, np.ndarray]  # per split, for a hybrid head
+    validation_scores: np.ndarray  # the validation logits of the kept (best) state
 
     def scores(self, split: str) -> np.ndarray:
         return score(self.model, self.texts, self.frames[split], self.lexical_scores.get(split))
@@ -160,7 +187,10 @@ def train(recipe: Recipe, data: dict[str, pd.DataFrame], log=print) -> Trained:
 
         lexical_scores = {name: tfidf(frame) for name, frame in data.items()}
         train_lexical = torch.as_tensor(tfidf(train_frame), dtype=torch.float32)
-    head_names = modeling.HEAD_PARAMETERS
+    if recipe.query_prior:  # a per-query bias w . q (zero at the start): ranks queries, never the rows of one query
+        model.query_prior = torch.nn.Linear(model.encoder.config.hidden_size, 1, bias=False)
+        torch.nn.init.zeros_(model.query_prior.weight)
+    head_names = (*modeling.HEAD_PARAMETERS, "query_prior.weight")
     head = [p for n, p in model.named_parameters() if p.requires_grad and n in head_names]
     body = [p for n, p in model.named_parameters() if p.requires_grad and n not in head_names]
     optimizer = torch.optim.AdamW([{"params": body, "lr": recipe.learning_rate, "weight_decay": recipe.weight_decay},
@@ -172,10 +202,10 @@ def train(recipe: Recipe, data: dict[str, pd.DataFrame], log=print) -> Trained:
     groups = torch.as_tensor(pd.factorize(train_frame["query_group"])[0])
     labels = torch.as_tensor(train_frame["label"].to_numpy(), dtype=torch.float32)
     targets = torch.as_tensor(train_frame["target"].to_numpy(), dtype=torch.float32)
-    history, best, best_state = [], (-1.0, -1.0), None
+    history, best, best_state, best_scores = [], (-1.0, -1.0), None, None
 
     def evaluate(epoch: float, seconds: float, loss: float) -> None:
-        nonlocal best, best_state
+        nonlocal best, best_state, best_scores
         scores = score(model, texts, validation, lexical_scores.get("validation"))
         result = metrics(validation, {"candidate": scores}, "candidate")["models"]["candidate"]
         record = {"epoch": round(epoch, 3), "train_loss": round(loss, 5), "train_seconds": round(seconds, 1),
@@ -184,7 +214,8 @@ def train(recipe: Recipe, data: dict[str, pd.DataFrame], log=print) -> Trained:
         log(f"[{recipe.name}] {record}")
         key = (result["gauc"]["value"], result["roc_auc"]["value"])
         if key > best:
-            best, best_state = key, {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+            best, best_scores = key, scores
+            best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         model.train()
 
     train_seconds = 0.0
@@ -192,7 +223,7 @@ def train(recipe: Recipe, data: dict[str, pd.DataFrame], log=print) -> Trained:
         batches = batches_of(recipe, train_frame, epoch)
         checkpoints = {math.ceil(len(batches) * (k + 1) / recipe.evaluations_per_epoch) for k in range(recipe.evaluations_per_epoch)}
         model.train()
-        started, loss_sum, seen = time.perf_counter(), 0.0, 0
+        segment, epoch_seconds, loss_sum, seen = time.perf_counter(), 0.0, 0.0, 0  # training time excludes evaluations
         for step, rows in enumerate(batches, start=1):
             frame = train_frame.iloc[rows]
             query_codes, queries = pd.factorize(frame["query"])
@@ -200,9 +231,9 @@ def train(recipe: Recipe, data: dict[str, pd.DataFrame], log=print) -> Trained:
             query_vectors = embed(model, texts, list(queries))
             text_vectors = embed(model, texts, list(products))
             query_index, text_index = torch.as_tensor(query_codes), torch.as_tensor(text_codes)
-            cosine = (query_vectors[query_index] * text_vectors[text_index]).sum(-1)
             rows_t = torch.as_tensor(rows)
-            logits = model.pair_logits(cosine, train_lexical[rows_t] if train_lexical is not None else None)
+            logits = logits_of(model, query_vectors, text_vectors, query_index, text_index,
+                               train_lexical[rows_t] if train_lexical is not None else None)
             loss, _ = combined_loss(recipe.loss, logits, labels[rows_t], targets[rows_t], groups[rows_t],
                                     query_vectors=query_vectors, text_vectors=text_vectors, query_index=query_index,
                                     text_index=text_index)
@@ -215,17 +246,18 @@ def train(recipe: Recipe, data: dict[str, pd.DataFrame], log=print) -> Trained:
             seen += len(rows)
             if step % 100 == 0:
                 log(f"[{recipe.name}] epoch {epoch + 1} step {step}/{len(batches)} loss {loss_sum / seen:.4f} "
-                    f"{seen / (time.perf_counter() - started):.1f} rows/s")
+                    f"{seen / (epoch_seconds + time.perf_counter() - segment):.1f} rows/s")
             if step in checkpoints:
-                train_seconds += time.perf_counter() - started
+                elapsed = time.perf_counter() - segment
+                epoch_seconds, train_seconds = epoch_seconds + elapsed, train_seconds + elapsed
                 evaluate(epoch + step / len(batches), train_seconds, loss_sum / seen)
-                started = time.perf_counter()
+                segment = time.perf_counter()
     if best_state is not None:
         with torch.no_grad():
             for n, p in model.named_parameters():
                 if n in best_state:
                     p.copy_(best_state[n])
-    return Trained(model, history, texts, data, lexical_scores)
+    return Trained(model, history, texts, data, lexical_scores, best_scores)
 
 
 def result_record(recipe: Recipe, history: list[dict], train_rows: int) -> dict:

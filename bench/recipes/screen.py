@@ -18,7 +18,8 @@ import json
 import sys
 import time
 
-from common import RESULTS, splits, write_result
+import numpy as np
+from common import CACHE, RESULTS, splits, write_result
 from harness import Recipe, result_record, subsample_queries, train
 
 from searchtune.ml.losses import LossWeights
@@ -36,12 +37,16 @@ RECIPES = {
     # Same loss, query-grouped batches (does the sampler alone change anything?).
     "bce_query": _recipe("bce_query"),
     "pairwise": _recipe("pairwise", loss=LossWeights(bce=1.0, pairwise=1.0)),
+    "pairwise_labels": _recipe("pairwise_labels", loss=LossWeights(bce=1.0, pairwise=1.0, graded=False)),
     "pairwise_only": _recipe("pairwise_only", loss=LossWeights(bce=0.0, pairwise=1.0)),
     "listwise": _recipe("listwise", loss=LossWeights(bce=1.0, listwise=1.0)),
     "contrastive": _recipe("contrastive", loss=LossWeights(bce=1.0, contrastive=0.2)),
     "pairwise_contrastive": _recipe("pairwise_contrastive", loss=LossWeights(bce=1.0, pairwise=1.0, contrastive=0.2)),
     "hybrid_bce": _recipe("hybrid_bce", hybrid=True),
     "hybrid_pairwise": _recipe("hybrid_pairwise", hybrid=True, loss=LossWeights(bce=1.0, pairwise=1.0)),
+    "pairwise_query_prior": _recipe("pairwise_query_prior", query_prior=True, loss=LossWeights(bce=1.0, pairwise=1.0)),
+    "hybrid_pairwise_query_prior": _recipe("hybrid_pairwise_query_prior", hybrid=True, query_prior=True,
+                                           loss=LossWeights(bce=1.0, pairwise=1.0)),
     "pairwise_lr1e-3": _recipe("pairwise_lr1e-3", learning_rate=1e-3, loss=LossWeights(bce=1.0, pairwise=1.0)),
     "pairwise_lr2e-4": _recipe("pairwise_lr2e-4", learning_rate=2e-4, loss=LossWeights(bce=1.0, pairwise=1.0)),
     "pairwise_r4": _recipe("pairwise_r4", lora_r=4, lora_alpha=8, loss=LossWeights(bce=1.0, pairwise=1.0)),
@@ -64,6 +69,9 @@ def main() -> None:
     for name in names:
         started = time.time()
         trained = train(RECIPES[name], data)
+        # The best state's validation scores, for paired comparisons between recipes (compare.py).
+        (CACHE / "screen_scores").mkdir(parents=True, exist_ok=True)
+        np.save(CACHE / "screen_scores" / f"{name}.npy", trained.validation_scores)
         runs[name] = {**result_record(RECIPES[name], trained.history, train_rows), "wall_seconds": round(time.time() - started, 1),
                       "command": "OMP_NUM_THREADS=1 .venv/bin/python bench/recipes/screen.py " + name}
         write_result("screen", {
