@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -46,8 +47,8 @@ def load_rows(data: str | None, rows: int) -> tuple[list[str], list[str], np.nda
     if data is None:
         data = str(HOME_DEPOT.resolve()) if HOME_DEPOT.exists() else sample_data.default_sample_path()
     mapping = IngestParams(text_columns="product_title")
-    raw, _ = ingest.read_sources(data, mapping)
-    clean, _ = ingest.validate(raw, mapping)
+    raw = pq.read_table(data, columns=[mapping.query_column, *mapping.text_column_list, mapping.label_column])
+    clean = ingest.validate(raw, mapping).clean.to_pandas()
     clean = clean.sample(n=min(rows, len(clean)), random_state=0)
     return clean["query"].tolist(), clean["product_text"].tolist(), clean["label"].to_numpy().astype(np.float32), data
 
@@ -61,9 +62,9 @@ def optimizer_for(model, lr: float, steps: int):
 
 def searchtune_round(queries, texts, labels, steps: int, base: str, tokenizer, seed: int) -> dict:
     started = time.perf_counter()
-    columns, _ = tokens.encode_pairs(tokenizer, "bi-encoder", queries, texts, max_length=64)
+    columns, _ = tokens.encode_arrays(tokenizer, "bi-encoder", queries, texts, max_length=64)
     tokenize_seconds = time.perf_counter() - started
-    split = batching.TokenizedSplit(columns, labels)
+    split = batching.TokenizedSplit.from_columns(columns, labels)
     model = modeling.build_model(TrainParams(lora_r=16), base)
     model.train()
     optimizer, scheduler = optimizer_for(model, 5e-4, steps)
@@ -73,7 +74,7 @@ def searchtune_round(queries, texts, labels, steps: int, base: str, tokenizer, s
     started = time.perf_counter()
     for rows in batches:
         batch = batching.collate(split, rows, tokenizer.pad_token_id, device)
-        finetune.training_step(model, batch, torch.as_tensor(split.labels[rows]), optimizer, scheduler, device)
+        finetune.training_step(model, batch, batch["label"], optimizer, scheduler, device)
         real += int(batch["query_mask"].sum() + batch["text_mask"].sum())
         processed += int(batch["query_mask"].numel() + batch["text_mask"].numel())
     seconds = time.perf_counter() - started

@@ -194,3 +194,36 @@ def test_catalog_vocabulary_is_consistent():
     assert all(kind.parent in names for kind in kinds if kind.parent)
     raw = json.loads(catalog._data_file("sample_catalog.json").read_text(encoding="utf-8"))
     assert len(raw) >= 8
+
+
+def test_large_log_is_deterministic_and_grows_queries_and_products_with_rows():
+    import pyarrow as pa
+
+    small = pa.concat_tables(sample_data.generate_log(30_000, seed=5, batch_rows=7_000)).to_pandas()
+    assert small.equals(pa.concat_tables(sample_data.generate_log(30_000, seed=5, batch_rows=7_000)).to_pandas())
+    assert list(small.columns) == sample_data.LOG_COLUMNS and len(small) == 30_000
+    large = pa.concat_tables(sample_data.generate_log(120_000, seed=5)).to_pandas()
+    for frame in (small, large):
+        rows_per_query = len(frame) / frame["search_term"].nunique()
+        rows_per_product = len(frame) / frame["product_uid"].nunique()
+        assert 5 <= rows_per_query <= 9 and 3 <= rows_per_product <= 6, (rows_per_query, rows_per_product)
+        assert frame["relevance"].between(1, 3).all() and 0.2 < (frame["relevance"] >= 2.5).mean() < 0.5
+        assert frame.duplicated(["search_term", "product_title", "relevance"]).mean() < 0.1  # a few, as in a log
+        # A product's uid always comes with the same title.
+        assert (frame.groupby("product_uid")["product_title"].nunique() == 1).all()
+    with pytest.raises(SearchtuneError, match="rows must be at least 1"):
+        next(sample_data.generate_log(0))
+
+
+@pytest.mark.parametrize("extension", ["csv.gz", "jsonl.gz", "parquet"])
+def test_command_writes_a_large_log(tmp_path, extension):
+    target = tmp_path / f"log.{extension}"
+    args = _sample_data_command(["sample-data", "-o", str(target), "--rows", "5000", "--seed", "2"])
+    assert args.func(args) == 0
+    readers = {"csv.gz": pd.read_csv, "parquet": pd.read_parquet, "jsonl.gz": lambda p: pd.read_json(p, lines=True)}
+    written = readers[extension](target)
+    import pyarrow as pa
+
+    expected = pa.concat_tables(sample_data.generate_log(5000, seed=2)).to_pandas()
+    pd.testing.assert_frame_equal(written, expected, check_dtype=False)
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]

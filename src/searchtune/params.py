@@ -23,7 +23,7 @@ import codecs
 import re
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from searchtune.errors import SearchtuneError
 
@@ -62,16 +62,20 @@ class IngestParams(_Params):
     def text_column_list(self) -> tuple[str, ...]:
         return tuple(c.strip() for c in self.text_columns.split(",") if c.strip())
 
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, encoding: str) -> str:
+        if encoding != "auto":
+            try:
+                codecs.lookup(encoding)
+            except LookupError:
+                raise ValueError("not a known text encoding (auto, utf-8, cp1252, latin-1, utf-16, ...)") from None
+        return encoding
+
     @model_validator(mode="after")
     def _labels_make_sense(self) -> IngestParams:
         if not self.text_column_list:
             raise ValueError("text_columns names no column")
-        if self.encoding != "auto":
-            try:
-                codecs.lookup(self.encoding)
-            except LookupError:
-                raise ValueError(f"encoding {self.encoding!r} is not a known text encoding (auto, utf-8, cp1252, latin-1, "
-                                 "utf-16, ...)") from None
         if not self.binary_labels:
             if self.label_min >= self.label_max:
                 raise ValueError(f"label_min {self.label_min:g} must be below label_max {self.label_max:g}")

@@ -44,37 +44,48 @@ def _is_ids(field: str) -> bool:
 
 
 class _Column:
-    """One list column over several chunks: per chunk its offsets and flat values as numpy views."""
+    """One column over several chunks: per chunk its flat values (and offsets, for a list column) as numpy views."""
 
-    def __init__(self, chunks: list[pa.ListArray]):
-        self.offsets = [chunk.offsets.to_numpy() for chunk in chunks]
-        self.values = [chunk.values.to_numpy(zero_copy_only=False) for chunk in chunks]
-        self.lengths = np.concatenate([np.diff(o) for o in self.offsets]) if chunks else np.zeros(0, np.int64)
+    def __init__(self, chunks: list[pa.Array]):
+        is_list = bool(chunks) and pa.types.is_list(chunks[0].type)
+        self.offsets = [chunk.offsets.to_numpy() for chunk in chunks] if is_list else []
+        self.values = [(chunk.values if is_list else chunk).to_numpy(zero_copy_only=False) for chunk in chunks]
+
+    def lengths(self, chunk: int, local: np.ndarray) -> np.ndarray:
+        offsets = self.offsets[chunk]
+        return offsets[local + 1] - offsets[local]
+
+    def all_lengths(self) -> np.ndarray:
+        return np.concatenate([np.diff(o) for o in self.offsets]) if self.offsets else np.zeros(0, np.int32)
+
+    def gather(self, chunk: np.ndarray, local: np.ndarray, dtype) -> np.ndarray:
+        """One value per row (for a flat column)."""
+        out = np.empty(len(local), dtype=dtype)
+        for c in np.unique(chunk):
+            picked = np.nonzero(chunk == c)[0]
+            out[picked] = self.values[c][local[picked]]
+        return out
 
 
 class TokenizedSplit:
     """Tokenized rows: list columns (memory-mapped or in memory), labels, targets, per-row lengths.
 
-    Rows are addressed ``0 .. len - 1``; ``select`` keeps a subset without copying columns.
+    Rows are addressed ``0 .. len - 1``; a subset (``rows``) is kept without copying columns.
+    In memory per row: the length (int16) used to group batches, and the row map when a
+    subset is kept; ids, labels and targets are read from the columns per batch.
     """
 
     def __init__(self, batches: list[pa.RecordBatch], fields: Sequence[str], rows: np.ndarray | None = None):
         self.fields = list(fields)
-        self.columns = {field: _Column([b.column(field) for b in batches]) for field in self.fields}
+        names = batches[0].schema.names if batches else []
+        present = [name for name in (*self.fields, "label", "target") if name in names]
+        self.columns = {name: _Column([b.column(name) for b in batches]) for name in present}
         self.chunk_starts = np.cumsum([0] + [b.num_rows for b in batches])
-        total = int(self.chunk_starts[-1])
-        self.rows = np.arange(total) if rows is None else np.asarray(rows, dtype=np.int64)
-
-        def column(name: str, dtype, default=None) -> np.ndarray:
-            if batches and name in batches[0].schema.names:
-                return np.concatenate([b.column(name).to_numpy() for b in batches]).astype(dtype)[self.rows]
-            return np.zeros(len(self.rows), dtype) if default is None else default
-
-        self.labels = column("label", np.float32)
-        self.targets = column("target", np.float32, self.labels)
-        id_fields = [f for f in self.fields if _is_ids(f)]
-        self.lengths = np.max([self.columns[f].lengths[self.rows] for f in id_fields], axis=0).astype(np.int32) \
-            if total else np.zeros(0, np.int32)
+        self.subset = None if rows is None else np.asarray(rows, dtype=np.int64)
+        id_fields = [f for f in self.fields if _is_ids(f) and f in self.columns]
+        lengths = np.max([self.columns[f].all_lengths() for f in id_fields], axis=0) if id_fields and batches \
+            else np.zeros(int(self.chunk_starts[-1]), np.int32)
+        self.lengths = (lengths if self.subset is None else lengths[self.subset]).astype(np.int16)
 
     @classmethod
     def open(cls, folder, architecture: str, max_rows: int = 0, seed: int = 0) -> TokenizedSplit:
@@ -111,35 +122,57 @@ class TokenizedSplit:
     def from_columns(cls, columns: dict[str, pa.ListArray], labels=None, targets=None) -> TokenizedSplit:
         """A split held in memory (what ``ml.tokens.encode_arrays`` returns), e.g. to score a frame."""
         length = len(next(iter(columns.values())))
-        extra = {"label": pa.array(np.zeros(length, np.float32) if labels is None else np.asarray(labels, np.float32))}
+        extra = {} if labels is None else {"label": pa.array(np.asarray(labels, np.float32))}
         if targets is not None:
             extra["target"] = pa.array(np.asarray(targets, np.float32))
         batch = pa.RecordBatch.from_pydict({**columns, **extra})
         return cls([batch] if length else [], list(columns))
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.lengths)
+
+    def _locate(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(chunk, row within the chunk) of each row."""
+        physical = np.asarray(rows, dtype=np.int64) if self.subset is None else self.subset[rows]
+        chunk = np.searchsorted(self.chunk_starts, physical, side="right") - 1
+        return chunk, physical - self.chunk_starts[chunk]
+
+    def _values(self, name: str, rows: np.ndarray, dtype) -> np.ndarray:
+        if name not in self.columns:
+            return np.zeros(len(rows), dtype)
+        return self.columns[name].gather(*self._locate(rows), dtype)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Every row's 0/1 label as float32 (read from the columns: for validation-sized splits)."""
+        return self._values("label", np.arange(len(self)), np.float32)
 
     def tokens(self, rows: np.ndarray) -> int:
         """Real (unpadded) ids in these rows, over every id field."""
-        physical = self.rows[rows]
-        return int(sum(self.columns[f].lengths[physical].sum() for f in self.fields if _is_ids(f)))
+        chunk, local = self._locate(rows)
+        total = 0
+        for field in self.fields:
+            if _is_ids(field):
+                total += sum(int(self.columns[field].lengths(c, local[chunk == c]).sum()) for c in np.unique(chunk))
+        return total
 
     def collate(self, rows: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
         """The rows as model inputs, each field padded to the batch's longest row; plus ``label`` and ``target``."""
         rows = np.asarray(rows)
-        physical = self.rows[rows]
-        chunk = np.searchsorted(self.chunk_starts, physical, side="right") - 1
-        local = physical - self.chunk_starts[chunk]
+        chunk, local = self._locate(rows)
+        chunks = np.unique(chunk)
         batch = {}
         for field in self.fields:
             column = self.columns[field]
-            lengths = column.lengths[physical]
-            width = int(lengths.max()) if len(rows) else 0
+            lengths = np.empty(len(rows), dtype=np.int64)
+            for c in chunks:
+                picked = chunk == c
+                lengths[picked] = column.lengths(c, local[picked])
+            width = int(lengths.max(initial=0))
             ids = np.full((len(rows), width), pad_id if _is_ids(field) else 0, dtype=np.int64)
             position = np.arange(width)
             inside = position[None, :] < lengths[:, None]
-            for c in np.unique(chunk):
+            for c in chunks:
                 picked = np.nonzero(chunk == c)[0]
                 starts = column.offsets[c][local[picked]]
                 index = starts[:, None] + np.minimum(position[None, :], np.maximum(lengths[picked, None] - 1, 0))
@@ -147,16 +180,17 @@ class TokenizedSplit:
             batch[field] = torch.from_numpy(ids)
             if _is_ids(field):
                 batch[field.replace("_ids", "_mask")] = torch.from_numpy(inside.astype(np.int64))
-        batch["label"] = torch.from_numpy(self.labels[rows])
-        batch["target"] = torch.from_numpy(self.targets[rows])
+        batch["label"] = torch.from_numpy(self._values("label", rows, np.float32))
+        batch["target"] = torch.from_numpy(self._values("target", rows, np.float32)) if "target" in self.columns \
+            else batch["label"]
         return batch
 
 
 class BatchOrder(Sequence):
     """Batches as slices of one permutation of rows: ``order[starts[b]:ends[b]]`` is batch ``b``.
 
-    Memory is one index per row (not one array object per batch), so an epoch over 20M rows
-    costs 160 MB of indices. Slicing (``order[10:]``, for a resumed epoch) and
+    Memory is one int32 index per row (not one array object per batch): 80 MB for an epoch
+    over 20M rows. Slicing (``order[10:]``, for a resumed epoch) and
     :meth:`shard` give new orders over the same permutation.
     """
 
@@ -189,11 +223,14 @@ def length_grouped_batches(lengths: np.ndarray, batch_size: int, rng: np.random.
     """
     count = len(lengths)
     if rng is None:
-        rows = np.argsort(-lengths, kind="stable")
+        rows = np.argsort(-lengths.astype(np.int32), kind="stable")
     else:
-        shuffled = rng.permutation(count)
-        window = np.arange(count) // (batch_size * MEGA_BATCHES)
-        rows = shuffled[np.lexsort((-lengths[shuffled], window))]
+        rows = np.arange(count, dtype=np.int32)  # int32 and shuffled in place: 4 bytes a row, even for 20M rows
+        rng.shuffle(rows)
+        window = batch_size * MEGA_BATCHES
+        for start in range(0, count, window):
+            part = rows[start : start + window]
+            part[:] = part[np.argsort(-lengths[part].astype(np.int32), kind="stable")]
     starts = np.arange(0, count, batch_size)
     ends = np.minimum(starts + batch_size, count)
     if rng is not None:

@@ -8,10 +8,12 @@ as Arrow ``list<int32>`` columns. For every split this writes ``<split>/part-NNN
 and ``query_key`` (the query digest as uint64, for samplers that batch by query); and
 ``tokenize_stats.json`` with length statistics and truncation rates.
 
-A split is cut into tasks of about ``TASK_ROWS`` rows (whole Parquet row groups); one
+Every split is cut into tasks of about ``TASK_ROWS`` rows (whole Parquet row groups); one
 process per core tokenizes a task into its shard, each with a one-threaded tokenizer, so
 the Python side of tokenizing (taking the ids out of the tokenizer) runs on every core
-too. Length statistics are merged from per-shard histograms, so they are exact.
+too. Length statistics are merged from per-shard histograms, so they are exact. The
+workers are started with ``spawn`` (the parent holds torch): a script that calls
+:func:`tokenize` needs the usual ``if __name__ == "__main__":`` guard.
 """
 
 from __future__ import annotations
@@ -36,10 +38,11 @@ from searchtune.steps import ingest
 
 log = logging.getLogger(__name__)
 
-TASK_ROWS = 262144
+TASK_ROWS = ingest.ROW_GROUP_ROWS  # one row group of the ingest output
 ENCODE_ROWS = 16384  # rows encoded (and written as one record batch) at a time
 HISTOGRAM_BINS = 4096  # lengths above count in the last bin; the max is kept apart
 MAX_WORKERS = 16
+POOL_MIN_ROWS = 100_000
 
 
 def shard_file(index: int) -> str:
@@ -69,17 +72,17 @@ def length_stats(histogram: np.ndarray, longest: int, max_length: int) -> dict:
     }
 
 
-def plan_tasks(path: str) -> list[list[int]]:
-    """Row groups of a split file, grouped into tasks of about ``TASK_ROWS`` rows."""
+def plan_tasks(path: str) -> list[tuple[list[int], int]]:
+    """Row groups of a split file, grouped into tasks of about ``TASK_ROWS`` rows: ``(row groups, rows)`` each."""
     metadata = pq.ParquetFile(path).metadata
     tasks, current, rows = [], [], 0
     for group in range(metadata.num_row_groups):
         current.append(group)
         rows += metadata.row_group(group).num_rows
         if rows >= TASK_ROWS:
-            tasks.append(current)
+            tasks.append((current, rows))
             current, rows = [], 0
-    return tasks + [current] if current else tasks
+    return tasks + [(current, rows)] if current else tasks
 
 
 _WORKER_BACKEND = {}
@@ -154,19 +157,36 @@ def tokenize(splits_dir: str, output_dir: str, params: ModelParams) -> records.T
     out.mkdir(parents=True, exist_ok=True)
     tokenizer_dir = str(out / records.TOKENIZER_DIR)
     tokenizer.save_pretrained(tokenizer_dir)
-    plans = {split: plan_tasks(ingest.split_path(splits_dir, split)) for split in records.SPLITS}
-    workers = _workers(max(len(p) for p in plans.values()))
-    pool = None
-    if workers > 1:
-        pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                      initializer=_one_thread)
-    log.info("tokenizing with %d process(es), %d-row tasks", workers, TASK_ROWS)
-    try:
-        split_records = {split: _tokenize_split(splits_dir, split, plans[split], out, tokenizer_dir, params, pool)
-                         for split in records.SPLITS}
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+    started = time.perf_counter()
+    shards, total_rows = {}, 0
+    for split in records.SPLITS:
+        source, partial = ingest.split_path(splits_dir, split), out / f"{split}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        planned = plan_tasks(source)
+        total_rows += sum(rows for _, rows in planned)
+        shards[split] = [(source, groups, str(partial / shard_file(i)), tokenizer_dir, params.architecture, params.max_length)
+                         for i, (groups, _) in enumerate(planned)]
+    tasks = [(split, arguments) for split, split_tasks in shards.items() for arguments in split_tasks]
+    # Starting worker processes costs seconds; below POOL_MIN_ROWS one process (tokenizer threads on every core) is faster.
+    workers = _workers(len(tasks)) if total_rows >= POOL_MIN_ROWS else 1
+    log.info("tokenizing %d tasks of up to %d rows with %d process(es)", len(tasks), TASK_ROWS, workers)
+    if workers == 1:
+        results = ((split, tokenize_shard(*arguments)) for split, arguments in tasks)
+        split_records = _merge(track(results, total=len(tasks), what="tokenize", unit="shards"), params)
+    else:
+        # Every split's tasks in one pool, so no core waits while a small split runs alone.
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                    initializer=_one_thread) as pool:
+            futures = [(split, pool.submit(tokenize_shard, *arguments)) for split, arguments in tasks]
+            results = ((split, future.result()) for split, future in futures)
+            split_records = _merge(track(results, total=len(tasks), what="tokenize", unit="shards"), params)
+    for split in records.SPLITS:
+        shutil.rmtree(out / split, ignore_errors=True)
+        (out / f"{split}.partial").rename(out / split)
+    seconds = time.perf_counter() - started
+    rows = sum(r["rows"] for r in split_records.values())
+    log.info("tokenized %d rows in %.1f s (%.0f rows/s)", rows, seconds, rows / max(seconds, 1e-9))
     stats = records.TokenizeStats(architecture=params.architecture, max_length=params.max_length,
                                   tokenizer=tokenizer.name_or_path, splits=split_records)
     stats.write(output_dir)
@@ -174,33 +194,20 @@ def tokenize(splits_dir: str, output_dir: str, params: ModelParams) -> records.T
     return stats
 
 
-def _tokenize_split(splits_dir: str, split: str, tasks: list[list[int]], out: Path, tokenizer_dir: str, params: ModelParams,
-                    pool) -> dict:
-    """One split's shards (written into ``<split>.partial`` and renamed when all are done) and its stats."""
-    started = time.perf_counter()
-    source = ingest.split_path(splits_dir, split)
-    folder, partial = out / split, out / f"{split}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    arguments = [(source, groups, str(partial / shard_file(i)), tokenizer_dir, params.architecture, params.max_length)
-                 for i, groups in enumerate(tasks)]
-    if pool is None:
-        results = (tokenize_shard(*a) for a in arguments)
-    else:
-        results = (f.result() for f in [pool.submit(tokenize_shard, *a) for a in arguments])
-    merged = {"rows": 0, "tokens": 0, "histograms": {}, "longest": {}}
-    for result in track(results, total=len(arguments), what=f"tokenize {split}", unit="shards"):
-        merged["rows"] += result["rows"]
-        merged["tokens"] += result["tokens"]
+def _merge(results, params: ModelParams) -> dict:
+    """Per-split records from the shards' counts and histograms."""
+    merged = {split: {"rows": 0, "tokens": 0, "shards": 0, "histograms": {}, "longest": {}} for split in records.SPLITS}
+    for split, result in results:
+        into = merged[split]
+        into["rows"] += result["rows"]
+        into["tokens"] += result["tokens"]
+        into["shards"] += 1
         for field, histogram in result["histograms"].items():
-            merged["histograms"][field] = merged["histograms"].get(field, 0) + histogram
-            merged["longest"][field] = max(merged["longest"].get(field, 0), result["longest"][field])
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.rename(folder)
-    seconds = time.perf_counter() - started
-    fields = {field: length_stats(h, merged["longest"][field], params.max_length) for field, h in merged["histograms"].items()}
-    record = {"rows": merged["rows"], "tokens": merged["tokens"], **fields, "shards": len(arguments),
-              "seconds": round(seconds, 2), "rows_per_second": round(merged["rows"] / max(seconds, 1e-9), 1)}
-    log.info("tokenized %s: %d rows, %d tokens in %.1f s (%d shards), %s", split, merged["rows"], merged["tokens"], seconds,
-             len(arguments), fields)
-    return record
+            into["histograms"][field] = into["histograms"].get(field, 0) + histogram
+            into["longest"][field] = max(into["longest"].get(field, 0), result["longest"][field])
+    split_records = {}
+    for split, into in merged.items():
+        fields = {f: length_stats(h, into["longest"][f], params.max_length) for f, h in into["histograms"].items()}
+        split_records[split] = {"rows": into["rows"], "tokens": into["tokens"], **fields, "shards": into["shards"]}
+        log.info("tokenized %s: %d rows, %d tokens, %d shards, %s", split, into["rows"], into["tokens"], into["shards"], fields)
+    return split_records
