@@ -149,13 +149,12 @@ class TrainingIndex:
         return cls(query_words=words, product_hashes=hashes)
 
     def is_tail(self, query: str) -> bool:
+        """Whether a word of ``query`` occurs in no training query."""
         return any(self.query_words.get(word, 0) == 0 for word in query.lower().split())
 
     def unseen_products(self, texts: pd.Series) -> np.ndarray:
-        hashes = text_hashes(texts)
-        position = np.searchsorted(self.product_hashes, hashes).clip(max=max(len(self.product_hashes) - 1, 0))
-        return ~((len(self.product_hashes) > 0) & (self.product_hashes[position] == hashes)) if len(self.product_hashes) \
-            else np.ones(len(hashes), dtype=bool)
+        """Per text, whether no training row has it."""
+        return ~np.isin(text_hashes(texts), self.product_hashes, assume_unique=False)
 
 
 def text_hashes(texts: pd.Series) -> np.ndarray:
