@@ -36,6 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".searchtune" / "bench-scale"
+TEMP = CACHE / "tmp"  # the stages' temporary folder (TMPDIR), watched for its size
 RAW_ROWS = 196_608
 RAW_BATCH = 8192
 
@@ -124,10 +125,10 @@ def run_stage(name: str, *args) -> dict:
     process = multiprocessing.get_context("spawn").Process(target=_child, args=(name, args, str(out)))
     started = time.perf_counter()
     process.start()
-    peak, done = 0, threading.Event()
+    peak, peak_temp, done = 0, 0, threading.Event()
 
     def sample() -> None:
-        nonlocal peak
+        nonlocal peak, peak_temp
         root = psutil.Process(process.pid)
         while not done.is_set():
             try:
@@ -135,6 +136,7 @@ def run_stage(name: str, *args) -> dict:
                 peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
             except psutil.Error:
                 pass
+            peak_temp = max(peak_temp, folder_bytes(TEMP))  # ingest's spill partitions
             time.sleep(0.1)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -145,9 +147,21 @@ def run_stage(name: str, *args) -> dict:
     if process.exitcode != 0:
         raise SystemExit(f"stage {name} failed (exit code {process.exitcode})")
     result = json.loads(out.read_text())
-    result.update(peak_rss_mb=round(peak / 2**20), wall_seconds=round(time.perf_counter() - started, 1))
+    result.update(peak_rss_mb=round(peak / 2**20), peak_temp_mb=round(peak_temp / 2**20),
+                  wall_seconds=round(time.perf_counter() - started, 1))
     print(f"{name}: {json.dumps(result)}", file=sys.stderr, flush=True)
     return result
+
+
+def folder_bytes(folder: Path) -> int:
+    total = 0
+    for directory, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(directory, name))
+            except OSError:
+                pass  # removed while walking
+    return total
 
 
 # --------------------------------------------------------------------------- main
@@ -170,6 +184,8 @@ def main() -> int:
     parser.add_argument("--results", default="", help="store the run in this JSON file under runs.<rows>")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    TEMP.mkdir(parents=True, exist_ok=True)
+    os.environ["TMPDIR"] = str(TEMP)
     data = log_file(args.rows, args.format)
     work = CACHE / f"run-{args.rows}"
     shutil.rmtree(work, ignore_errors=True)
@@ -180,6 +196,8 @@ def main() -> int:
     tokenize = run_stage("tokenize", splits, tokenized)
     raw_after = run_stage("raw_encode", splits)
     train = run_stage("train", tokenized, args.steps)
+    disk_mb = {"input": round(data.stat().st_size / 2**20), "ingest_spill_peak": ingest["peak_temp_mb"],
+               "splits": round(folder_bytes(Path(splits)) / 2**20), "tokenized": round(folder_bytes(Path(tokenized)) / 2**20)}
     raw_rate = (raw_before["rows_per_second"] + raw_after["rows_per_second"]) / 2
     stages = {"ingest": ingest, "tokenize": tokenize, "train": train}
     result = {
@@ -202,6 +220,7 @@ def main() -> int:
         "train_seconds_per_step": round(train["seconds_per_step_after_first"], 3),
         "peak_rss_mb": max(s["peak_rss_mb"] for s in stages.values()),
         "peak_rss_mb_by_stage": {name: s["peak_rss_mb"] for name, s in stages.items()},
+        "disk_mb": disk_mb,
         "duplicates_dropped": ingest["duplicates_dropped"],
         "cores": len(os.sched_getaffinity(0)),
         "load_average": {"start": [round(x, 2) for x in load_before], "end": [round(x, 2) for x in os.getloadavg()]},

@@ -116,7 +116,9 @@ def test_a_step_emits_progress_events_when_searchtune_run_reads_it(monkeypatch, 
 
 
 def test_the_log_level_reaches_the_steps_and_their_libraries(monkeypatch):
-    monkeypatch.delenv(logs.LEVEL_ENV, raising=False)
+    # setenv (not delenv of an absent variable) makes monkeypatch restore the variable's absence afterwards:
+    # a level left in os.environ would reach every later test's subprocesses.
+    monkeypatch.setenv(logs.LEVEL_ENV, "INFO")
     logs.setup("warning")
     try:
         assert logs.level() == "WARNING" and logging.getLogger().level == logging.WARNING
@@ -124,7 +126,7 @@ def test_the_log_level_reaches_the_steps_and_their_libraries(monkeypatch):
         assert logging.getLogger().level == logging.WARNING and logging.getLogger("transformers").level == logging.WARNING
         assert logs.record_level("    07:00:02 WARNING searchtune.x: y") == logging.WARNING and logs.record_level("{") is None
     finally:
-        monkeypatch.delenv(logs.LEVEL_ENV, raising=False)
+        monkeypatch.setenv(logs.LEVEL_ENV, "INFO")
         logs.setup()
 
 

@@ -156,7 +156,7 @@ def test_pooled_auc_is_selectable():
     (dict(min_auc=math.nan), "min_auc=nan"),
     (dict(max_auc_drop=math.inf), "max_auc_drop=inf"),
     (dict(min_auc=1.5), "min_auc=1.5"),
-    (dict(confidence=1.0), "confidence=1.0"),
+    (dict(confidence=1.0), "confidence=1: must be < 1"),
     (dict(confidence=0.5), "confidence=0.5"),
     (dict(min_auc_gain=-0.1), "min_auc_gain=-0.1"),
     (dict(min_test_queries=1), "min_test_queries=1"),

@@ -107,7 +107,9 @@ def test_what_only_the_preflight_step_can_see_stops_the_run_in_its_first_step(se
         assert "Traceback" not in result.stderr, args
         assert seconds < 120, (args, seconds)
     assert tree_digest(seeded_registry) == before
-    steps = {p.name for run in (tmp_path / "runs").iterdir() for kfp_run in run.iterdir() for p in kfp_run.iterdir()}
+    # Each run's folder holds pipeline.log and kfp.local's run folder, whose step folders are what ran.
+    steps = {p.name for run in (tmp_path / "runs").iterdir() for kfp_run in run.iterdir() if kfp_run.is_dir()
+             for p in kfp_run.iterdir()}
     assert steps <= {"preflight"}, steps
 
 
@@ -122,16 +124,17 @@ def test_two_runs_sharing_an_output_folder_and_a_registry_each_report_their_own(
     outcomes = [child.communicate(timeout=1800) + (child.returncode,) for child in children]
     assert sorted(code for _, _, code in outcomes) == [0, 3], [err[-2000:] for _, err, _ in outcomes]
     from searchtune import records
+    from searchtune.pipelines.retraining_pipeline import PIPELINE_NAME
 
     run_ids = set()
     for out, _err, code in outcomes:
         run_id = out.split("(run ", 1)[1].split(")", 1)[0]
         run_ids.add(run_id)
-        (kfp_run,) = [d for d in (output / run_id).iterdir() if d.is_dir()]
+        (kfp_run,) = [d for d in (output / run_id).iterdir() if d.is_dir() and d.name.startswith(PIPELINE_NAME)]
         run_record = records.RunRecord.read(str(kfp_run / "preflight" / "run"))
         registration = records.Registration.read(str(kfp_run / "register" / "registration"))
         assert registration.promoted == (code == 0)
-        assert f"version {registration.version}" in out and str(kfp_run) in out  # its own paths, its own version
+        assert f"version {registration.version}" in out and str(output / run_id) in out  # its own paths, its own version
         lineage = records.Lineage.from_bytes(
             ModelRegistry(str(registry)).read_file("searchtune-relevance", registration.version, "lineage.json"), "lineage")
         assert lineage.run_id == run_record.run_id == kfp_run.name

@@ -243,6 +243,11 @@ def test_component_runs_under_kfp_local(tmp_path):
     splits_dir = make_splits_dir(tmp_path / "splits", train_rows=50)
     evaluation_dir = make_evaluation_dir(tmp_path / "eval")
     run_dir = make_run_dir(tmp_path / "run", "kfp-run", epochs=2)
+    index_dir = tmp_path / "index"
+    index_dir.mkdir()
+    from searchtune import records
+
+    records.IndexRecord(kind="none", reason="no catalog in this test").write(str(index_dir))
     root = str(tmp_path / "registry")
 
     @dsl.pipeline(name="register-only")
@@ -251,8 +256,9 @@ def test_component_runs_under_kfp_local(tmp_path):
         splits = dsl.importer(artifact_uri=splits_dir, artifact_class=dsl.Dataset)
         evaluation = dsl.importer(artifact_uri=evaluation_dir, artifact_class=dsl.Artifact)
         run = dsl.importer(artifact_uri=run_dir, artifact_class=dsl.Artifact)
+        index = dsl.importer(artifact_uri=str(index_dir), artifact_class=dsl.Artifact)
         task = register(model=model.output, splits=splits.output, evaluation=evaluation.output, run=run.output,
-                        registry_root=root, model_name=MODEL)
+                        product_index=index.output, registry_root=root, model_name=MODEL)
         return task.outputs["Output"]
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "pipeline-root"))
@@ -265,3 +271,5 @@ def test_component_runs_under_kfp_local(tmp_path):
     assert json.loads(outcome_files[0].read_text())["promoted"] is True
     lineage = json.loads(ModelRegistry(root).read_file(MODEL, 1, "lineage.json"))
     assert lineage["parameters"]["epochs"] == 2 and len(lineage["parameters"]) == len(RunParameters.model_fields)
+    stored_index = json.loads(ModelRegistry(root).read_file(MODEL, 1, "index/index.json"))
+    assert stored_index["kind"] == "none" and stored_index["reason"] == "no catalog in this test"

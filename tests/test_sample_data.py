@@ -139,14 +139,21 @@ def _sample_data_command(argv: list[str]):
     return parser.parse_args(argv)
 
 
-@pytest.mark.parametrize("extension", ["csv", "parquet", "jsonl"])
-def test_command_writes_each_format(tmp_path, extension):
+READERS = {"csv": pd.read_csv, "csv.gz": pd.read_csv, "parquet": pd.read_parquet,
+           "jsonl": lambda p: pd.read_json(p, lines=True), "jsonl.gz": lambda p: pd.read_json(p, lines=True)}
+
+
+@pytest.mark.parametrize(("extension", "size"), [("csv", "--queries 20"), ("parquet", "--queries 20"), ("jsonl", "--queries 20"),
+                                                 ("csv.gz", "--rows 5000"), ("jsonl.gz", "--rows 5000"), ("parquet", "--rows 5000")])
+def test_command_writes_each_format(tmp_path, extension, size):
+    import pyarrow as pa
+
     target = tmp_path / f"judgements.{extension}"
-    args = _sample_data_command(["sample-data", "-o", str(target), "--queries", "20", "--seed", "3"])
+    args = _sample_data_command(["sample-data", "-o", str(target), *size.split(), "--seed", "3"])
     assert args.func(args) == 0
-    readers = {"csv": pd.read_csv, "parquet": pd.read_parquet, "jsonl": lambda p: pd.read_json(p, lines=True)}
-    written = readers[extension](target)
-    expected = sample_data.generate_judgements(n_queries=20, seed=3)
+    written = READERS[extension](target)
+    expected = (pa.concat_tables(sample_data.generate_log(args.rows, seed=3)).to_pandas() if args.rows
+                else sample_data.generate_judgements(n_queries=args.queries, seed=3))
     pd.testing.assert_frame_equal(written, expected, check_dtype=False)
     assert [p.name for p in tmp_path.iterdir()] == [target.name]  # no partial file left behind
 
@@ -213,17 +220,3 @@ def test_large_log_is_deterministic_and_grows_queries_and_products_with_rows():
         assert (frame.groupby("product_uid")["product_title"].nunique() == 1).all()
     with pytest.raises(SearchtuneError, match="rows must be at least 1"):
         next(sample_data.generate_log(0))
-
-
-@pytest.mark.parametrize("extension", ["csv.gz", "jsonl.gz", "parquet"])
-def test_command_writes_a_large_log(tmp_path, extension):
-    target = tmp_path / f"log.{extension}"
-    args = _sample_data_command(["sample-data", "-o", str(target), "--rows", "5000", "--seed", "2"])
-    assert args.func(args) == 0
-    readers = {"csv.gz": pd.read_csv, "parquet": pd.read_parquet, "jsonl.gz": lambda p: pd.read_json(p, lines=True)}
-    written = readers[extension](target)
-    import pyarrow as pa
-
-    expected = pa.concat_tables(sample_data.generate_log(5000, seed=2)).to_pandas()
-    pd.testing.assert_frame_equal(written, expected, check_dtype=False)
-    assert [p.name for p in tmp_path.iterdir()] == [target.name]

@@ -47,6 +47,7 @@ class Recipe:
     warmup_ratio: float = 0.06
     weight_decay: float = 0.01
     hybrid: bool = False  # logit = scale*cos + lexical_weight*char_tfidf + bias
+    lexical_init: float = 0.0  # starting lexical weight of a hybrid head (build_model starts it at 0)
     query_prior: bool = False  # logit += w . query_vector (a per-query bias; changes the pooled AUC only)
     epochs: int = 1
     train_queries: float = 1.0  # share of training queries used (seeded; whole queries)
@@ -139,6 +140,9 @@ def build(recipe: Recipe):
     base = modeling.resolve_base_model("")
     torch.manual_seed(recipe.seed)
     model = modeling.build_model(train_params(recipe), base, lexical_feature=recipe.hybrid, init_from=recipe.init_from)
+    if recipe.hybrid and not recipe.init_from:
+        with torch.no_grad():
+            model.lexical_weight.fill_(recipe.lexical_init)
     return model, modeling.load_tokenizer(base)
 
 

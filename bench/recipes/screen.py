@@ -42,9 +42,11 @@ RECIPES = {
     "listwise": _recipe("listwise", loss=LossWeights(bce=1.0, listwise=1.0)),
     "contrastive": _recipe("contrastive", loss=LossWeights(bce=1.0, contrastive=0.2)),
     "pairwise_contrastive": _recipe("pairwise_contrastive", loss=LossWeights(bce=1.0, pairwise=1.0, contrastive=0.2)),
-    "hybrid_bce": _recipe("hybrid_bce", hybrid=True),
-    "hybrid_pairwise": _recipe("hybrid_pairwise", hybrid=True, loss=LossWeights(bce=1.0, pairwise=1.0)),
+    # hybrid_*: the lexical weight started at 10 (the cosine's scale); hybrid0_*: at 0.
+    "hybrid_bce": _recipe("hybrid_bce", hybrid=True, lexical_init=10.0),
+    "hybrid_pairwise": _recipe("hybrid_pairwise", hybrid=True, lexical_init=10.0, loss=LossWeights(bce=1.0, pairwise=1.0)),
     "pairwise_query_prior": _recipe("pairwise_query_prior", query_prior=True, loss=LossWeights(bce=1.0, pairwise=1.0)),
+    "hybrid0_pairwise": _recipe("hybrid0_pairwise", hybrid=True, loss=LossWeights(bce=1.0, pairwise=1.0)),
     "hybrid_pairwise_query_prior": _recipe("hybrid_pairwise_query_prior", hybrid=True, query_prior=True,
                                            loss=LossWeights(bce=1.0, pairwise=1.0)),
     "pairwise_lr1e-3": _recipe("pairwise_lr1e-3", learning_rate=1e-3, loss=LossWeights(bce=1.0, pairwise=1.0)),

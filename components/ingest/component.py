@@ -44,7 +44,7 @@ def ingest(
         stats = step.ingest(splits.path, config, rejects_path=os.path.join(rejects.path, records.REJECTS_FILE))
         splits.metadata.update({"fingerprint": stats.fingerprint, "rows": stats.rows_kept, "data_version": data_version})
         rejects.metadata["rows"] = stats.rows_rejected
-        for name in ("rows_read", "rows_rejected", "duplicates_dropped", "rows_kept"):
+        for name in ("rows_read", "rows_rejected", "duplicates_dropped", "rows_kept", "lines_decoded_with_fallback"):
             metrics.log_metric(name, getattr(stats, name))
         for split, split_stats in stats.splits.items():
             metrics.log_metric(f"{split}_rows", split_stats.rows)

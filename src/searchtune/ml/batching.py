@@ -29,10 +29,15 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from searchtune.errors import SearchtuneError
+from searchtune.ml.batch_orders import (  # noqa: F401  (re-exported: callers import batching only)
+    MEGA_BATCHES,
+    BatchOrder,
+    LengthGroupedBatches,
+    length_grouped_batches,
+)
 
 FIELDS = {"bi-encoder": ("query_ids", "text_ids"), "cross-encoder": ("pair_ids", "pair_type_ids")}
 SHARD_PATTERN = "part-*.arrow"
-MEGA_BATCHES = 50  # length grouping sorts rows within windows of this many batches
 
 
 def pick_device() -> torch.device:
@@ -184,77 +189,6 @@ class TokenizedSplit:
         batch["target"] = torch.from_numpy(self._values("target", rows, np.float32)) if "target" in self.columns \
             else batch["label"]
         return batch
-
-
-class BatchOrder(Sequence):
-    """Batches as slices of one permutation of rows: ``order[starts[b]:ends[b]]`` is batch ``b``.
-
-    Memory is one int32 index per row (not one array object per batch): 80 MB for an epoch
-    over 20M rows. Slicing (``order[10:]``, for a resumed epoch) and
-    :meth:`shard` give new orders over the same permutation.
-    """
-
-    def __init__(self, rows: np.ndarray, starts: np.ndarray, ends: np.ndarray):
-        self.rows, self.starts, self.ends = rows, starts, ends
-
-    def __len__(self) -> int:
-        return len(self.starts)
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return BatchOrder(self.rows, self.starts[index], self.ends[index])
-        return self.rows[self.starts[index] : self.ends[index]]
-
-    def shard(self, rank: int, world_size: int) -> BatchOrder:
-        """Rank ``rank``'s share for data parallelism: every ``world_size``-th batch, the same count on every rank."""
-        if not 0 <= rank < world_size:
-            raise SearchtuneError(f"rank {rank} is not in [0, {world_size})")
-        per_rank = len(self) // world_size
-        return BatchOrder(self.rows, self.starts[rank : per_rank * world_size : world_size],
-                          self.ends[rank : per_rank * world_size : world_size])
-
-
-def length_grouped_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator | None) -> BatchOrder:
-    """Batches of rows of similar length; shuffled order when ``rng`` is given.
-
-    Rows are shuffled, cut into windows of ``MEGA_BATCHES`` batches, sorted by length
-    (longest first) inside each, then batched, and the batches shuffled: padding is small
-    but batches still mix the data. Without ``rng``: longest first over all rows (inference).
-    """
-    count = len(lengths)
-    if rng is None:
-        rows = np.argsort(-lengths.astype(np.int32), kind="stable")
-    else:
-        rows = np.arange(count, dtype=np.int32)  # int32 and shuffled in place: 4 bytes a row, even for 20M rows
-        rng.shuffle(rows)
-        window = batch_size * MEGA_BATCHES
-        for start in range(0, count, window):
-            part = rows[start : start + window]
-            part[:] = part[np.argsort(-lengths[part].astype(np.int32), kind="stable")]
-    starts = np.arange(0, count, batch_size)
-    ends = np.minimum(starts + batch_size, count)
-    if rng is not None:
-        order = rng.permutation(len(starts))
-        starts, ends = starts[order], ends[order]
-    return BatchOrder(rows, starts, ends)
-
-
-class LengthGroupedBatches:
-    """The default batch sampler: :func:`length_grouped_batches` seeded by ``(seed, epoch)``.
-
-    The order depends only on ``(seed, epoch)``, so a resumed run repeats the same batches
-    and skips those it did.
-    """
-
-    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
-        self.lengths, self.batch_size, self.seed, self.rank, self.world_size = lengths, batch_size, seed, rank, world_size
-
-    def batches(self, epoch: int) -> BatchOrder:
-        order = length_grouped_batches(self.lengths, self.batch_size, np.random.default_rng([self.seed, epoch]))
-        return order.shard(self.rank, self.world_size) if self.world_size > 1 else order
-
-    def steps(self, epochs: int) -> int:
-        return epochs * (math.ceil(len(self.lengths) / self.batch_size) // self.world_size)
 
 
 class _Collated(torch.utils.data.Dataset):

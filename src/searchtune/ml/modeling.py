@@ -180,8 +180,9 @@ def build_model(params: TrainParams, base_model: str, *, lexical_feature: bool =
         )
         backbone = get_peft_model(backbone, config)
     if architecture == "bi-encoder":
-        # A hybrid head starts at the untuned cosine's scale with the lexical score weighed like it.
-        model = BiEncoder(backbone, lexical_weight=10.0 if lexical_feature else None)
+        # A hybrid head starts as the plain head (lexical weight 0) and learns the weight: starting it
+        # at the cosine's scale shifted every logit by ~3 and cost validation AUC (recipes_screen.json).
+        model = BiEncoder(backbone, lexical_weight=0.0 if lexical_feature else None)
     else:
         model = CrossEncoder(backbone)
     if init_from:

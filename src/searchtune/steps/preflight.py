@@ -89,12 +89,13 @@ def preflight(params: RunParameters, run_id: str, output_dir: str) -> records.Ru
     """
     if not params.registry_root:
         raise SearchtuneError("registry_root is empty: give the model registry, a local folder or gs://bucket/prefix")
-    # With the model name, a broken or dangling production alias is caught here too, not at registration.
-    ModelRegistry(params.registry_root).check_writable(params.model_name)
-    base = check_base_model(params.group(TrainParams))
+    # The inputs first: a run that fails on its data or base model leaves a new registry uncreated.
     files = snapshot(params.data or sample_data.default_sample_path())
     if params.catalog:
         storage.expand(params.catalog)  # a catalog location with no file fails here, not after training
+    base = check_base_model(params.group(TrainParams))
+    # With the model name, a broken or dangling production alias is caught here too, not at registration.
+    ModelRegistry(params.registry_root).check_writable(params.model_name)
     record = records.RunRecord(
         run_id=run_id, started_at=records.now(), parameters=params.model_dump(), data_files=files,
         data_version=data_version(files), base_model=base, registry_root=params.registry_root, code=code_version(),
