@@ -123,8 +123,9 @@ def test_two_runs_sharing_an_output_folder_and_a_registry_each_report_their_own(
                                  env={**os.environ, "HF_HUB_OFFLINE": "1"}) for seed in (1, 2)]
     outcomes = [child.communicate(timeout=1800) + (child.returncode,) for child in children]
     assert sorted(code for _, _, code in outcomes) == [0, 3], [err[-2000:] for _, err, _ in outcomes]
-    from searchtune import records
     from searchtune.pipelines.retraining_pipeline import PIPELINE_NAME
+
+    from searchtune import records
 
     run_ids = set()
     for out, _err, code in outcomes:
