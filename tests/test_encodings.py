@@ -10,7 +10,7 @@ import pytest
 from searchtune import params as parameters
 from searchtune.errors import SearchtuneError
 from searchtune.params import IngestParams
-from searchtune.steps import ingest
+from searchtune.steps import ingest, ingest_files
 
 HOME_DEPOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "home_depot_search_relevance" / "train.parquet"
 MAPPING = IngestParams(query_column="q", text_columns="title", label_column="rel", label_min=0, label_max=1, binary_labels=True)
@@ -71,7 +71,7 @@ def test_declared_cp1252_decodes_every_accent_and_counts_the_lines(tmp_path):
 
 
 def test_mixed_file_utf8_and_cp1252_lines_across_blocks(tmp_path, monkeypatch):
-    monkeypatch.setattr(ingest, "BLOCK_BYTES", 256)  # many blocks: some all UTF-8, some mixed
+    monkeypatch.setattr(ingest_files, "BLOCK_BYTES", 256)  # many blocks: some all UTF-8, some mixed
     data = rows()
     lines = [f"{r['q']},{r['title']},{r['rel']}\n" for r in data]
     encoded = b"q,title,rel\n" + b"".join(line.encode("cp1252" if i % 3 == 0 else "utf-8") for i, line in enumerate(lines))

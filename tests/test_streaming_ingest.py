@@ -15,7 +15,7 @@ import pytest
 from searchtune.data import sample_data
 from searchtune.errors import SearchtuneError
 from searchtune.params import IngestParams
-from searchtune.steps import ingest
+from searchtune.steps import ingest, ingest_files
 
 ROWS = 6000
 
@@ -30,8 +30,8 @@ def log_frame() -> pd.DataFrame:
 @pytest.fixture
 def tiny(monkeypatch):
     """Sizes that make a few thousand rows cross every batch, buffer, partition and row-group boundary."""
-    monkeypatch.setattr(ingest, "BLOCK_BYTES", 4096)
-    monkeypatch.setattr(ingest, "PARQUET_BATCH_ROWS", 700)
+    monkeypatch.setattr(ingest_files, "BLOCK_BYTES", 4096)
+    monkeypatch.setattr(ingest_files, "PARQUET_BATCH_ROWS", 700)
     monkeypatch.setattr(ingest, "SPILL_BUFFER_ROWS", 900)
     monkeypatch.setattr(ingest, "PARTITION_INPUT_BYTES", 40_000)
     monkeypatch.setattr(ingest, "ROW_GROUP_ROWS", 500)

@@ -54,7 +54,7 @@ def text_product_id(text: str) -> str:
 def _join_text(frame: pd.DataFrame, text_columns: tuple[str, ...]) -> pd.Series:
     """The product text of each row, cleaned and joined as ``ingest.validate`` does (same text, same vector)."""
     # ingest has no public helper for this yet; the lead may expose one and replace these lines.
-    parts = [ingest._clean_text(frame[column]) for column in text_columns]
+    parts = [ingest.clean_text_series(frame[column]) for column in text_columns]
     text = parts[0]
     for part in parts[1:]:
         both = (text != "") & (part != "")

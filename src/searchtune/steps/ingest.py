@@ -13,9 +13,9 @@ binary labels), ``query_group`` (hex digest of the normalised query: the split k
 
 Memory stays bounded whatever the input size; two passes:
 
-1. Every file is read in record batches (pyarrow's CSV, JSON and Parquet readers;
-   ``.gz`` decompressed on the fly; text checked and decoded to UTF-8 by
-   :class:`TextStream`). Each batch is validated with Arrow kernels; rejected rows
+1. Every file is read in record batches (``steps.ingest_files``: pyarrow's CSV, JSON and
+   Parquet readers; ``.gz`` decompressed on the fly; text checked and decoded to UTF-8).
+   Each batch is validated with Arrow kernels (``steps.ingest_rows``); rejected rows
    stream into ``rejects.parquet``; clean rows are spilled, by a range of their query
    digest, into partition files (Arrow IPC, lz4) in a temporary folder.
 2. Each partition (about ``PARTITION_INPUT_BYTES`` of input) is read alone, sorted by
@@ -27,23 +27,18 @@ Memory stays bounded whatever the input size; two passes:
 Memory: one input batch plus one partition. Disk: the clean rows once more, compressed.
 The splits appear under their names only when all of them are complete.
 
-Longer than 300 lines: reading (formats, compression, encodings), validation and the
-two passes are one data path, and every part depends on the others' row positions.
+Longer than 300 lines: the two passes (rejects, spill partitions, deduplication, split
+writers, fingerprint) are one algorithm whose parts share counts and row positions;
+reading and validation live in their own modules.
 """
 
 from __future__ import annotations
 
-import binascii
-import codecs
 import dataclasses
-import gzip
 import hashlib
-import io
-import json
 import logging
 import math
 import os
-import re
 import tempfile
 import time
 from collections.abc import Iterator
@@ -53,8 +48,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
-import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from searchtune import records
@@ -62,6 +55,26 @@ from searchtune.data import sample_data
 from searchtune.errors import SearchtuneError
 from searchtune.io import storage
 from searchtune.params import IngestParams
+from searchtune.steps.ingest_files import (  # noqa: F401  (READERS: the formats, re-exported for the index step)
+    COMPRESSED_EXPANSION,
+    READERS,
+    Source,
+    file_kind,
+    read_batches,
+)
+from searchtune.steps.ingest_rows import (  # noqa: F401  (re-exported: the step's public names)
+    DEFAULT_FRACTIONS,
+    TEXT_SEPARATOR,
+    SplitFractions,
+    _as_text,
+    clean_text,
+    clean_text_series,
+    group_position,
+    product_text,
+    query_group,
+    reason_kind,
+    validate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,463 +82,10 @@ SPLITS = records.SPLITS
 CANONICAL_COLUMNS = ["query", "product_text", "label", "grade", "target", "query_group"]
 CANONICAL_SCHEMA = pa.schema([("query", pa.string()), ("product_text", pa.string()), ("label", pa.int8()),
                               ("grade", pa.float64()), ("target", pa.float32()), ("query_group", pa.string())])
-TEXT_SEPARATOR = " | "
-READERS = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
-BLOCK_BYTES = 2 << 20  # text read and parsed per batch (the CSV reader keeps several in flight)
-PARQUET_BATCH_ROWS = 65536
 ROW_GROUP_ROWS = 65536
 PARTITION_INPUT_BYTES = 32 << 20  # input bytes per spill partition (compressed input counts COMPRESSED_EXPANSION times)
-COMPRESSED_EXPANSION = 4
 SPILL_BUFFER_ROWS = 262144
 MAX_PARTITIONS = 1024
-# Python's str.isspace() set, which str.split()/strip() use, spelled for RE2.
-WHITESPACE = r"[\s\v\x{1c}-\x{1f}\x{85}\p{Z}]+"
-MESSY_WHITESPACE = r"[\t\n\v\f\r\x{1c}-\x{1f}\x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}]|  |^ | $"
-NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
-NULL_WORDS = pa.array(["nan", "none", "null"])
-
-
-@dataclasses.dataclass(frozen=True)
-class SplitFractions:
-    """Shares of queries (not rows) that go to train and validation; the rest is test."""
-
-    train: float = 0.8
-    validation: float = 0.1
-
-    def __post_init__(self):
-        if not (0 < self.train < 1 and 0 <= self.validation < 1 and self.train + self.validation < 1):
-            raise SearchtuneError(
-                f"split fractions train={self.train} validation={self.validation} must be in (0, 1) and leave room for test"
-            )
-
-
-# --------------------------------------------------------------------------- text decoding
-class TextStream(io.RawIOBase):
-    """A text file's bytes as UTF-8, checked line by line; what pyarrow's CSV and JSON readers read.
-
-    A byte-order mark picks the encoding (UTF-8, UTF-16, UTF-32) and is dropped. Otherwise
-    the bytes must be UTF-8: with ``encoding="auto"`` the first line that is not stops the
-    run, naming the file, the byte offset and the line; with a declared ASCII-compatible
-    encoding (cp1252, latin-1, ...) such lines are decoded with it and counted in
-    ``fallback_lines`` (so a file mixing UTF-8 and Latin-1 lines reads right); a declared
-    UTF-16/32 encoding decodes the whole file. Characters are never replaced.
-    """
-
-    def __init__(self, raw, path: str, encoding: str = "auto"):
-        super().__init__()
-        self.raw, self.path, self.fallback_lines = raw, path, 0
-        self.offset = self.lines = 0  # bytes and newlines of the input consumed so far
-        self.pending, self.carry = b"", b""
-        head = raw.read(4)
-        boms = [(codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF8, "utf-8"),
-                (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be")]
-        bom, name = next(((b, n) for b, n in boms if head.startswith(b)), (b"", ""))
-        self.carry, self.offset = head[len(bom):], len(bom)
-        self.transcoder = None
-        self.fallback = None if encoding == "auto" else encoding
-        if name and name != "utf-8":
-            self.transcoder, self.used = codecs.getincrementaldecoder(name)(), f"{name} (BOM)"
-        elif name:
-            self.used = "utf-8 (BOM)"
-        elif self.fallback and not _ascii_compatible(self.fallback):
-            self.transcoder, self.used = codecs.getincrementaldecoder(self.fallback)(), self.fallback
-        else:
-            self.used = "utf-8" if not self.fallback else f"utf-8, other lines {self.fallback}"
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        while not self.pending:
-            block = self._next_block()
-            if block is None:
-                return 0
-            self.pending = block
-        size = min(len(buffer), len(self.pending))
-        buffer[:size] = self.pending[:size]
-        self.pending = self.pending[size:]
-        return size
-
-    def _next_block(self) -> bytes | None:
-        data = self.raw.read(BLOCK_BYTES)
-        if self.transcoder is not None:
-            text = self.transcoder.decode(self.carry + data, final=not data)
-            self.carry = b""
-            return text.encode("utf-8") if (text or data) else None
-        block = self.carry + data
-        if not block:
-            return None
-        cut = block.rfind(b"\n") + 1 if data else len(block)
-        if cut == 0:  # no newline yet: read on (a line longer than a block)
-            self.carry = block
-            return b""
-        block, self.carry = block[:cut], block[cut:]
-        try:
-            block.decode("utf-8")
-        except UnicodeDecodeError:
-            block = self._decode_lines(block)
-        self.offset += cut
-        self.lines += block.count(b"\n")
-        return block
-
-    def _decode_lines(self, block: bytes) -> bytes:
-        out, offset = [], self.offset
-        for number, line in enumerate(block.split(b"\n")):
-            try:
-                line.decode("utf-8")
-                out.append(line)
-            except UnicodeDecodeError as error:
-                where = f"{self.path}: not valid UTF-8 at byte {offset + error.start} (line {self.lines + number + 1})"
-                if self.fallback is None:
-                    shown = line[max(0, error.start - 30) : error.start + 30]
-                    raise SearchtuneError(
-                        f"{where}: {shown!r}; name the file's encoding with --encoding (encoding=), e.g. cp1252 for "
-                        f"Windows/Latin-1 exports, in which this reads {shown.decode('cp1252', 'replace')!r}") from None
-                try:
-                    out.append(line.decode(self.fallback).encode("utf-8"))
-                except UnicodeDecodeError:
-                    raise SearchtuneError(f"{where}, nor valid {self.fallback}: {line[:80]!r}") from None
-                self.fallback_lines += 1
-            offset += len(line) + 1
-        return b"\n".join(out)
-
-
-def _ascii_compatible(encoding: str) -> bool:
-    sample = "\n,\t{}\"abc09"
-    try:
-        return sample.encode(encoding) == sample.encode("ascii")
-    except (LookupError, UnicodeError):
-        return False
-
-
-# --------------------------------------------------------------------------- reading
-@dataclasses.dataclass
-class Source:
-    """One input file being read: what the reader learned about it on the way."""
-
-    path: str
-    kind: str
-    compressed: bool
-    rows: int = 0  # data rows seen, malformed ones included
-    encoding: str = ""
-    fallback_lines: int = 0
-    malformed: list = dataclasses.field(default_factory=list)  # (row position, reason) not yet collected
-
-
-def file_kind(path: str) -> tuple[str, bool]:
-    """``(reader kind, gzip-compressed)`` of a file by its name (``data.csv.gz`` -> ``("csv", True)``).
-
-    Raises:
-        SearchtuneError: an unsupported file type.
-    """
-    name = Path(path.split("?")[0]).name.lower()
-    compressed = name.endswith(".gz")
-    suffix = Path(name[:-3] if compressed else name).suffix
-    kind = READERS.get(suffix)
-    if kind is None or (compressed and kind == "parquet"):
-        shown = suffix + (".gz" if compressed else "")
-        raise SearchtuneError(f"{path}: unsupported file type '{shown}' (use .csv, .tsv, .parquet or .jsonl, optionally .gz)")
-    return kind, compressed
-
-
-def _cannot_read(source: Source, error: Exception, rows: int | None = None):
-    text = str(error).strip()
-    first_line = text.splitlines()[0] if text else type(error).__name__
-    near = f" near row {rows}" if rows else ""
-    return SearchtuneError(f"{source.path}: cannot be read as {source.kind}{near}: {first_line}")
-
-
-def _check_columns(source: Source, found: list[str], columns: list[str]) -> None:
-    missing = [column for column in columns if column not in found]
-    if missing:
-        raise SearchtuneError(f"{source.path}: missing column(s) {', '.join(repr(c) for c in missing)}; "
-                              f"columns found: {', '.join(repr(str(c)) for c in found)}")
-
-
-def _open_text(source: Source, local: str, encoding: str) -> TextStream:
-    raw = gzip.open(local, "rb") if source.compressed else open(local, "rb")  # noqa: SIM115 - closed by the reader
-    return TextStream(raw, source.path, encoding)
-
-
-def read_batches(source: Source, local: str, columns: list[str], params: IngestParams) -> Iterator[tuple[pa.Table, np.ndarray]]:
-    """Record batches of the mapped ``columns`` of one file, with each row's 0-based position in it.
-
-    Rows the parser cannot split (a CSV line with too many fields, a JSON line that is not
-    JSON) are left out and added to ``source.malformed`` with their position.
-    """
-    if os.path.getsize(local) == 0:
-        raise SearchtuneError(f"{source.path}: the file is empty")
-    if source.kind == "parquet":
-        yield from _parquet_batches(source, local, columns)
-    elif source.kind == "csv":
-        yield from _csv_batches(source, local, columns, params)
-    else:
-        yield from _json_batches(source, local, columns, params)
-    if source.rows == 0:
-        raise SearchtuneError(f"{source.path}: no rows")
-
-
-def _parquet_batches(source: Source, local: str, columns: list[str]):
-    try:
-        parquet = pq.ParquetFile(local)
-    except (pa.ArrowException, OSError) as error:
-        raise _cannot_read(source, error) from None
-    _check_columns(source, parquet.schema_arrow.names, columns)
-    source.encoding = "parquet (utf-8)"
-    try:
-        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
-            positions = np.arange(source.rows, source.rows + batch.num_rows)
-            source.rows += batch.num_rows
-            yield pa.Table.from_batches([batch]), positions
-    except (pa.ArrowException, OSError) as error:
-        raise _cannot_read(source, error, source.rows) from None
-
-
-def _csv_batches(source: Source, local: str, columns: list[str], params: IngestParams):
-    delimiter = "\t" if ".tsv" in Path(source.path).name.lower() else ","
-    parse = {"delimiter": delimiter, "newlines_in_values": True}
-    try:
-        with _open_text(source, local, params.encoding) as head:
-            header = pa_csv.open_csv(head, read_options=pa_csv.ReadOptions(block_size=1 << 20), parse_options=pa_csv.ParseOptions(**parse))
-            found = header.schema.names
-    except pa.ArrowInvalid as error:
-        if "Empty CSV file" in str(error):
-            raise SearchtuneError(f"{source.path}: the file is empty") from None
-        raise _cannot_read(source, error) from None
-    _check_columns(source, found, columns)
-    pending_bad: list[int] = []  # positions of malformed rows not yet stepped over
-
-    def malformed(row) -> str:
-        pending_bad.append(row.number - 2)  # row 1 is the header
-        source.malformed.append((row.number - 2, f"malformed CSV row: {row.actual_columns} fields, expected "
-                                                 f"{row.expected_columns}: {row.text[:200]!r}"))
-        return "skip"
-
-    with _open_text(source, local, params.encoding) as stream:
-        try:
-            # One thread: the parser then knows each bad row's number.
-            reader = pa_csv.open_csv(
-                stream, read_options=pa_csv.ReadOptions(block_size=BLOCK_BYTES, use_threads=False),
-                parse_options=pa_csv.ParseOptions(**parse, invalid_row_handler=malformed),
-                convert_options=pa_csv.ConvertOptions(include_columns=columns, column_types={c: pa.string() for c in columns}))
-            for batch in reader:
-                positions = np.arange(source.rows, source.rows + batch.num_rows + len(pending_bad))
-                if pending_bad:
-                    bad = np.array(pending_bad)
-                    positions = positions[~np.isin(positions, bad)][: batch.num_rows]
-                    # A malformed row already reported may lie past this batch (the parser reads ahead).
-                    pending_bad[:] = bad[bad > positions[-1]].tolist() if batch.num_rows else bad.tolist()
-                if batch.num_rows:
-                    source.rows = int(positions[-1]) + 1
-                    yield pa.Table.from_batches([batch]), positions
-        except pa.ArrowInvalid as error:
-            raise _cannot_read(source, error, source.rows) from None
-        source.rows = max([source.rows, *(p + 1 for p in pending_bad)])
-        source.encoding, source.fallback_lines = stream.used, stream.fallback_lines
-
-
-def _json_batches(source: Source, local: str, columns: list[str], params: IngestParams):
-    first = True
-    with _open_text(source, local, params.encoding) as stream:
-        carry = b""
-        while True:
-            data = stream.read(BLOCK_BYTES)
-            block = carry + data
-            cut = block.rfind(b"\n") + 1 if data else len(block)
-            block, carry = block[:cut], block[cut:]
-            if block.strip():
-                table, positions = _json_table(source, block, columns)
-                if first:
-                    _check_columns(source, table.column_names, columns)
-                    first = False
-                yield _with_nulls(table, columns), positions
-            if not data:
-                break
-        source.encoding, source.fallback_lines = stream.used, stream.fallback_lines
-
-
-def _with_nulls(table: pa.Table, columns: list[str]) -> pa.Table:
-    return pa.table({c: table.column(c) if c in table.column_names else pa.nulls(table.num_rows, pa.string()) for c in columns})
-
-
-def _json_table(source: Source, block: bytes, columns: list[str]) -> tuple[pa.Table, np.ndarray]:
-    """The JSON lines of ``block`` and their positions; when Arrow refuses the block (types
-    that change between lines, a broken line), it is parsed line by line and broken lines
-    go to ``source.malformed``."""
-    start = source.rows
-    try:
-        table = pa_json.read_json(io.BytesIO(block), read_options=pa_json.ReadOptions(use_threads=False, block_size=len(block) + 1))
-        source.rows += table.num_rows
-        return table, np.arange(start, source.rows)
-    except pa.ArrowInvalid:
-        pass
-    kept, positions, names = [], [], {}
-    for line in block.split(b"\n"):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-            if not isinstance(value, dict):
-                raise ValueError(f"a JSON {type(value).__name__}, not an object")
-            names.update(dict.fromkeys(value))
-            kept.append(value)
-            positions.append(source.rows)
-        except ValueError as error:
-            source.malformed.append((source.rows, f"malformed JSON line: {str(error)[:100]}: {line[:200]!r}"))
-        source.rows += 1
-    table = pa.table({name: pa.array([_json_text(r.get(name)) for r in kept], pa.string()) for name in names if name in columns})
-    table = table if names else pa.table({c: pa.array([], pa.string()) for c in columns})
-    return _with_names(table, list(names)), np.array(positions, dtype=np.int64)
-
-
-def _with_names(table: pa.Table, names: list[str]) -> pa.Table:
-    """``table`` whose column_names also list the keys found but not kept (for the missing-column message)."""
-    for name in names:
-        if name not in table.column_names:
-            table = table.append_column(name, pa.nulls(table.num_rows, pa.string()))
-    return table
-
-
-def _json_text(value) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    return json.dumps(value) if isinstance(value, dict | list) else str(value)
-
-
-# --------------------------------------------------------------------------- validation
-def _as_text(values: pa.Array) -> pa.Array:
-    """Any Arrow column as strings, nulls as ''."""
-    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-    kind = values.type
-    if pa.types.is_dictionary(kind):
-        values, kind = values.dictionary_decode(), values.type.value_type
-    if pa.types.is_null(kind):
-        return pa.array([""] * len(values), pa.string())
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind) \
-            or pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
-        return pc.fill_null(values.cast(pa.string()), "")
-    return pa.array([_json_text(v) or "" for v in values.to_pylist()], pa.string())
-
-
-def clean_text(values: pa.Array) -> pa.Array:
-    """Whitespace runs collapsed to one space, trimmed; 'nan'/'none'/'null' (any case) become ''."""
-    text = _as_text(values)
-    # The Unicode-aware replace costs ~1.3 us a row; a match finds the few rows that need it ~10x faster.
-    messy = pc.match_substring_regex(text, MESSY_WHITESPACE)
-    if pc.any(messy).as_py():
-        cleaned = pc.utf8_trim(pc.replace_substring_regex(text.filter(messy), WHITESPACE, " "), " ")
-        text = pc.replace_with_mask(text, messy, cleaned)
-    # ASCII lowering is enough: no other character lowers to the letters of these words.
-    return pc.if_else(pc.is_in(pc.ascii_lower(text), value_set=NULL_WORDS), "", text)
-
-
-def _clean_text(values: pd.Series) -> pd.Series:
-    """:func:`clean_text` for a pandas Series (index.py builds product texts the same way)."""
-    return pd.Series(clean_text(pa.array(values.astype(object).where(values.notna(), None).map(
-        lambda v: v if v is None or isinstance(v, str) else str(v)), pa.string())).to_pylist(), index=values.index, dtype=object)
-
-
-def product_text(parts: list[pa.Array]) -> pa.Array:
-    """Cleaned text columns joined with ``TEXT_SEPARATOR``, empty parts left out."""
-    text, *rest = [clean_text(part) for part in parts]
-    # Pairwise on non-null strings: with null_handling="skip", pyarrow 26 drops rows whose parts are all null.
-    for part in rest:
-        joined = pc.binary_join_element_wise(text, part, TEXT_SEPARATOR)
-        text = pc.if_else(pc.equal(text, ""), part, pc.if_else(pc.equal(part, ""), text, joined))
-    return text
-
-
-def parse_grade(values: pa.Array) -> pa.Array:
-    """The label as float64; null where it is not a finite number."""
-    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-    if pa.types.is_integer(values.type) or pa.types.is_floating(values.type) or pa.types.is_boolean(values.type):
-        grade = values.cast(pa.float64())
-    else:
-        text = pc.utf8_trim_whitespace(_as_text(values))
-        grade = pc.if_else(pc.match_substring_regex(text, NUMBER), text, pa.scalar(None, pa.string())).cast(pa.float64())
-    return pc.if_else(pc.is_finite(grade), grade, pa.scalar(None, pa.float64()))
-
-
-def query_group(query: str) -> str:
-    """Split key: a digest of the normalised query, stable across runs and machines."""
-    normalised = " ".join(query.lower().split())
-    return hashlib.sha256(normalised.encode("utf-8")).hexdigest()[:16]
-
-
-def group_position(group: str) -> float:
-    """Where a query digest falls in [0, 1): decides its split and its spill partition."""
-    return int(group[:12], 16) / float(16**12)
-
-
-def query_groups(queries: list[str]) -> tuple[pa.Array, np.ndarray]:
-    """:func:`query_group` and :func:`group_position` of many cleaned queries at once.
-
-    A cleaned query has single spaces and no others, so normalising it is lowering it.
-    """
-    sha256 = hashlib.sha256
-    digests = b"".join([sha256(q.lower().encode("utf-8")).digest()[:8] for q in queries])
-    hex_text = pa.py_buffer(binascii.hexlify(digests))
-    offsets = pa.py_buffer(np.arange(0, 16 * len(queries) + 1, 16, dtype=np.int32).tobytes())
-    groups = pa.StringArray.from_buffers(len(queries), offsets, hex_text)
-    top48 = np.frombuffer(digests, dtype=">u8") >> np.uint64(16)
-    return groups, top48.astype(np.float64) / float(16**12)
-
-
-@dataclasses.dataclass
-class Validated:
-    clean: pa.Table  # canonical columns plus ``split`` (int8 index into SPLITS) and ``position``
-    rejected: np.ndarray  # row indices of the batch
-    reasons: list[str]
-
-
-def validate(raw: pa.Table, params: IngestParams, fractions: SplitFractions = SplitFractions()) -> Validated:
-    """Split a batch of raw rows into canonical clean rows and rejected rows with a reason each."""
-    query = clean_text(raw.column(params.query_column))
-    text = product_text([raw.column(c) for c in params.text_column_list])
-    grade = parse_grade(raw.column(params.label_column))
-    grade_np = grade.to_numpy(zero_copy_only=False)  # NaN where null
-    checks = [(pc.equal(query, "").to_numpy(zero_copy_only=False), lambda i: "missing or empty query"),
-              (pc.equal(text, "").to_numpy(zero_copy_only=False),
-               lambda i: f"missing or empty product text ({', '.join(params.text_column_list)})"),
-              (np.isnan(grade_np), lambda i: f"label {label_text[i][:40]!r} is not a number")]
-    if params.binary_labels:
-        checks.append((~np.isin(grade_np, [0.0, 1.0]), lambda i: f"label {grade_np[i]} is not 0 or 1 (binary labels)"))
-        label, target = grade_np, grade_np
-    else:
-        checks.append(((grade_np < params.label_min) | (grade_np > params.label_max),
-                       lambda i: f"label {grade_np[i]} outside [{params.label_min:g}, {params.label_max:g}]"))
-        label = grade_np >= params.positive_threshold
-        target = (grade_np - params.label_min) / (params.label_max - params.label_min)
-    bad = np.zeros(raw.num_rows, dtype=bool)
-    reasons = np.full(raw.num_rows, None, dtype=object)
-    label_text = None
-    for mask, why in checks:
-        new = np.nonzero(mask & ~bad)[0]
-        if len(new):
-            if label_text is None:
-                label_text = _as_text(raw.column(params.label_column)).to_pylist()
-            reasons[new] = [why(i) for i in new]
-            bad[new] = True
-    good = np.nonzero(~bad)[0]
-    query = query.take(good)
-    encoded = pc.dictionary_encode(query)
-    groups, positions = query_groups(encoded.dictionary.to_pylist())
-    position = positions[encoded.indices.to_numpy()] if len(good) else np.empty(0)
-    split = np.select([position < fractions.train, position < fractions.train + fractions.validation], [0, 1], 2).astype(np.int8)
-    clean = pa.table({
-        "query": query, "product_text": text.take(good), "label": pa.array(label[good].astype(np.int8)),
-        "grade": pa.array(grade_np[good]), "target": pa.array(np.clip(target[good], 0, 1).astype(np.float32)),
-        "query_group": groups.take(encoded.indices),
-        "split": pa.array(split), "position": pa.array(position)})
-    rejected = np.nonzero(bad)[0]
-    return Validated(clean, rejected, reasons[rejected].tolist())
-
-
-def reason_kind(reason: str) -> str:
-    """A reject reason without the value in it ('label is not a number'), for the counts."""
-    if reason.startswith("malformed "):
-        return reason.split(":", 1)[0]
-    return re.sub(r"label .* (is not|outside)", r"label \1", reason)
 
 
 # --------------------------------------------------------------------------- the two passes
@@ -702,7 +262,7 @@ class SplitWriter:
 def ingest(
     output_dir: str,
     params: IngestParams,
-    fractions: SplitFractions = SplitFractions(),
+    fractions: SplitFractions = DEFAULT_FRACTIONS,
     rejects_path: str | None = None,
 ) -> records.IngestStats:
     """Run the ingest step.
