@@ -1,7 +1,9 @@
 """KFP component for the fine-tune step; the logic is ``searchtune.steps.finetune.finetune``.
 
 It runs in the GPU image; the pipeline requests the accelerator (see
-``searchtune.orchestration.cluster``).
+``searchtune.orchestration.cluster``). With more than one GPU in the pod (or
+``processes_per_node`` > 1) the step runs under torchrun, one DDP process per GPU
+(``searchtune.steps.finetune_launch``).
 """
 
 from kfp import dsl
@@ -43,6 +45,8 @@ def finetune(
     graded_targets: bool,
     precision: str,
     checkpoint_every_steps: int,
+    max_batch_tokens: int,
+    processes_per_node: int,
     checkpoint_root: str,
     run_id: str,
     model: Output[Model],
@@ -50,7 +54,7 @@ def finetune(
 ):
     from searchtune import logs, params
     from searchtune.io import storage
-    from searchtune.steps import finetune as step
+    from searchtune.steps import finetune_launch
 
     with logs.component_step("finetune"):
         config = params.parse(params.TrainParams, params.select(params.TrainParams, locals()))
@@ -58,7 +62,7 @@ def finetune(
             checkpoint_uri = storage.join(checkpoint_root, run_id or "run")
         else:
             checkpoint_uri = model.uri + "-checkpoint" if storage.is_gcs(model.uri) else ""
-        record = step.finetune(tokenized.path, model.path, config, checkpoint_uri=checkpoint_uri)
+        record = finetune_launch.run(tokenized.path, model.path, config, checkpoint_uri=checkpoint_uri)
         model.metadata.update({"architecture": record.architecture, "base_model": record.base_model.name_or_path,
                                "best_validation_auc": record.best_validation_auc})
         metrics.log_metric("best_validation_auc", record.best_validation_auc)

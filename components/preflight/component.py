@@ -45,6 +45,8 @@ def preflight(
     graded_targets: bool,
     precision: str,
     checkpoint_every_steps: int,
+    max_batch_tokens: int,
+    processes_per_node: int,
     gate_metric: str,
     min_auc: float,
     require_beat_base: bool,

@@ -117,10 +117,23 @@ class TrainParams(ModelParams):
     graded_targets: bool = Field(False, description="Train on the rescaled grade (a soft target) instead of the 0/1 label.")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on GPU, fp32 on CPU.")
     checkpoint_every_steps: int = Field(500, ge=0, description="Checkpoint every this many steps (0 = only per epoch).")
+    max_batch_tokens: int = Field(0, ge=0, le=16_777_216, description="Batch by token budget: each step takes as many rows "
+                                  "as fit this many padded tokens (rows x longest row, e.g. 32768 on a GPU); batch_size is "
+                                  "then unused. 0 = batch_size rows per step.")
+    processes_per_node: int = Field(0, ge=0, le=64, description="Data-parallel training processes (torchrun, DDP) on the "
+                                    "fine-tune node: 0 = one per visible GPU (one on CPU); each process takes its own share "
+                                    "of every epoch's batches.")
 
     @property
     def lora_target_list(self) -> tuple[str, ...]:
         return tuple(t.strip() for t in self.lora_targets.split(",") if t.strip())
+
+    @model_validator(mode="after")
+    def _budget_holds_a_row(self) -> TrainParams:
+        if self.max_batch_tokens and self.max_batch_tokens < self.max_length:
+            raise ValueError(f"max_batch_tokens {self.max_batch_tokens} must be 0 or at least max_length "
+                             f"{self.max_length} (one row of the longest length)")
+        return self
 
 
 class GateParams(_Params):

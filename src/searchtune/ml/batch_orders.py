@@ -1,7 +1,9 @@
 """Batch orders: which rows form each batch of an epoch, as slices of one permutation.
 
-A batch sampler is any object with ``batches(epoch)`` returning a :class:`BatchOrder`;
-:class:`LengthGroupedBatches` is the default. Kept apart from ``ml.batching`` (which turns
+A batch sampler is any object with ``batches(epoch)`` returning a :class:`BatchOrder`
+and ``steps(epochs)``: :class:`LengthGroupedBatches` (a fixed number of rows per batch) is
+the default; :class:`TokenBudgetBatches` fills each batch up to a token budget, so a GPU
+gets the same work per step whatever the rows' lengths. Kept apart from ``ml.batching`` (which turns
 an order into padded tensors) so a new sampler (by token budget, by query) reads on its own.
 """
 
@@ -86,3 +88,48 @@ class LengthGroupedBatches:
 
     def steps(self, epochs: int) -> int:
         return epochs * (math.ceil(len(self.lengths) / self.batch_size) // self.world_size)
+
+
+def token_budget_batches(lengths: np.ndarray, max_tokens: int, rng: np.random.Generator) -> BatchOrder:
+    """Batches of rows of similar length holding up to ``max_tokens`` padded tokens each.
+
+    A batch's cost is its row count times its longest row (every row is padded to it), so
+    rows are shuffled, sorted by length (longest first) within windows of about
+    ``MEGA_BATCHES`` batches, and cut greedily: a batch starting at a row of length ``L``
+    takes ``max_tokens // L`` rows (at least one). The batches are then shuffled.
+    """
+    count = len(lengths)
+    rows = np.arange(count, dtype=np.int32)
+    rng.shuffle(rows)
+    longest = max(int(lengths.max(initial=1)), 1)
+    window = max(max_tokens // longest, 1) * MEGA_BATCHES
+    starts = []
+    for start in range(0, count, window):
+        part = rows[start : start + window]
+        part[:] = part[np.argsort(-lengths[part].astype(np.int32), kind="stable")]
+        sizes = np.maximum(max_tokens // np.maximum(lengths[part].astype(np.int64), 1), 1)
+        at = 0
+        while at < len(part):  # one iteration per batch: thousands per epoch, not one per row
+            starts.append(start + at)
+            at += int(sizes[at])
+    starts = np.asarray(starts, dtype=np.int64)
+    ends = np.append(starts[1:], count).astype(np.int64)
+    order = rng.permutation(len(starts))
+    return BatchOrder(rows, starts[order], ends[order])
+
+
+class TokenBudgetBatches:
+    """Batch sampler by token budget: :func:`token_budget_batches` seeded by ``(seed, epoch)``, sharded by rank."""
+
+    def __init__(self, lengths: np.ndarray, max_tokens: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+        if max_tokens < 1:
+            raise SearchtuneError(f"a token budget must be at least 1 token, got {max_tokens}")
+        self.lengths, self.max_tokens, self.seed, self.rank, self.world_size = lengths, max_tokens, seed, rank, world_size
+
+    def batches(self, epoch: int) -> BatchOrder:
+        order = token_budget_batches(self.lengths, self.max_tokens, np.random.default_rng([self.seed, epoch]))
+        return order.shard(self.rank, self.world_size) if self.world_size > 1 else order
+
+    def steps(self, epochs: int) -> int:
+        """Optimizer steps over ``epochs`` (the batch count differs a little between epochs, so each is counted)."""
+        return sum(len(self.batches(epoch)) for epoch in range(epochs))

@@ -136,6 +136,15 @@ class TokenizedSplit:
     def __len__(self) -> int:
         return len(self.lengths)
 
+    def take(self, rows: np.ndarray) -> TokenizedSplit:
+        """The split's rows ``rows`` (e.g. one rank's share), sharing its columns without copying."""
+        rows = np.asarray(rows, dtype=np.int64)
+        part = object.__new__(TokenizedSplit)
+        part.fields, part.columns, part.chunk_starts = self.fields, self.columns, self.chunk_starts
+        part.subset = rows if self.subset is None else self.subset[rows]
+        part.lengths = self.lengths[rows]
+        return part
+
     def _locate(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(chunk, row within the chunk) of each row."""
         physical = np.asarray(rows, dtype=np.int64) if self.subset is None else self.subset[rows]
@@ -248,15 +257,27 @@ def autocast(device: torch.device, precision: str = "auto"):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+EVAL_BATCH_ROWS = {"cpu": 256, "cuda": 4096}  # scoring needs no activations kept: a GPU takes far larger batches
+
+
 @torch.no_grad()
-def predict_logits(model, split: TokenizedSplit, pad_id: int, device: torch.device, batch_size: int = 256,
+def predict_logits(model, split: TokenizedSplit, pad_id: int, device: torch.device, batch_size: int | None = None,
                    precision: str = "auto") -> np.ndarray:
-    """The model's logit for every row of ``split`` (batches of similar length, longest first)."""
+    """The model's logit for every row of ``split`` (batches of similar length, longest first).
+
+    Logits stay on the device until the end, so the GPU is not stopped after every batch
+    to copy one batch's scores back. ``batch_size`` defaults to :data:`EVAL_BATCH_ROWS`.
+    """
     model.eval()
-    out = np.empty(len(split), dtype=np.float32)
-    for rows in length_grouped_batches(split.lengths, batch_size, rng=None):
+    batch_size = batch_size or EVAL_BATCH_ROWS.get(device.type, EVAL_BATCH_ROWS["cpu"])
+    order = length_grouped_batches(split.lengths, batch_size, rng=None)
+    parts = []
+    for rows in order:
         with autocast(device, precision):
-            out[rows] = model(collate(split, rows, pad_id, device)).float().cpu().numpy()
+            parts.append(model(collate(split, rows, pad_id, device)).float())
+    out = np.empty(len(split), dtype=np.float32)
+    if parts:
+        out[order.rows] = torch.cat(parts).cpu().numpy()
     return out
 
 

@@ -1,19 +1,25 @@
-"""Fine-tune step: LoRA-train the relevance model on the tokenized splits.
+"""Fine-tune step: LoRA-train the relevance model on the tokenized splits, on one process or several (DDP).
 
 The training split is memory-mapped (``ml.batching.TokenizedSplit.open``): a 20M-row split
 starts training in seconds and costs its per-row lengths and labels in memory. Batches
-come from a batch sampler (default: length-grouped, so each batch is padded only to its
-own longest row and rows of similar length are batched together) through a loader that
-collates ahead of the model. AdamW with linear warm-up and decay, early stopping on
-validation ROC AUC, a fixed seed, bf16 autocast on GPU. Checkpoints (trainable weights,
-optimizer, scheduler, position) go to ``checkpoint_uri`` so a preempted pod resumes
-where it stopped.
+come from a batch sampler (default: length-grouped, ``batch_size`` rows padded only to
+their own longest row; with ``max_batch_tokens``: as many rows as fit that many padded
+tokens) through a loader that collates ahead of the model (worker processes and pinned
+memory on GPU, copied with non-blocking transfers). AdamW (fused on GPU) with linear
+warm-up and decay, early stopping on validation ROC AUC, a fixed seed, bf16 autocast on
+GPU. The loss stays on the device and is read every ``LOSS_LOG_STEPS`` steps and at the
+end of an epoch, so the host never waits for the GPU inside an epoch.
+
+Data parallel: under ``torchrun`` (``steps.finetune_launch``) each process trains the DDP
+wrapper of the same model on its own share of every epoch's batches (``BatchOrder.shard``);
+validation is scored in shares and gathered, so every rank takes the same early-stopping
+decision. Rank 0 writes checkpoints and the model. Checkpoints (trainable weights,
+optimizer, scheduler, position, every rank's random state) go to ``checkpoint_uri`` so a
+preempted pod resumes where it stopped (``steps.checkpoints``).
 """
 
 import dataclasses
-import io
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -21,8 +27,8 @@ import torch
 
 from searchtune import records
 from searchtune.errors import SearchtuneError
-from searchtune.io import storage
-from searchtune.ml import modeling
+from searchtune.ml import distributed, modeling
+from searchtune.ml.batch_orders import TokenBudgetBatches
 from searchtune.ml.batching import (
     LengthGroupedBatches,
     TokenizedSplit,
@@ -35,15 +41,16 @@ from searchtune.ml.batching import (
 )
 from searchtune.params import TrainParams
 from searchtune.progress import track
+from searchtune.steps.checkpoints import Checkpointer, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
 LOSS_LOG_STEPS = 500
 
 
-def training_step(model, batch: dict, targets: torch.Tensor, optimizer, scheduler, device: torch.device,
-                  precision: str = "auto") -> float:
-    """One optimizer step on one batch (BCE on the logits); returns the batch loss."""
+def optimizer_step(model, batch: dict, targets: torch.Tensor, optimizer, scheduler, device: torch.device,
+                   precision: str = "auto") -> torch.Tensor:
+    """One optimizer step on one batch (BCE on the logits); returns the batch loss, still on the device."""
     with autocast(device, precision):
         logits = model(batch)
     loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), targets)
@@ -52,33 +59,17 @@ def training_step(model, batch: dict, targets: torch.Tensor, optimizer, schedule
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss.item()
+    return loss.detach()
+
+
+def training_step(model, batch: dict, targets: torch.Tensor, optimizer, scheduler, device: torch.device,
+                  precision: str = "auto") -> float:
+    """:func:`optimizer_step`, returning the loss as a number (waits for the device)."""
+    return optimizer_step(model, batch, targets, optimizer, scheduler, device, precision).item()
 
 
 def trainable_state(model) -> dict:
     return {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
-
-
-class Checkpointer:
-    """Saves and restores training state at ``uri`` (local path or gs://); '' disables it."""
-
-    def __init__(self, uri: str):
-        self.uri = storage.join(uri, "checkpoint.pt") if uri else ""
-
-    def load(self) -> dict | None:
-        if not self.uri or not storage.exists(self.uri):
-            return None
-        state = torch.load(io.BytesIO(storage.read_bytes(self.uri)), map_location="cpu", weights_only=False)
-        log.info("resuming from checkpoint %s: epoch %d, step %d", self.uri, state["epoch"], state["step_in_epoch"])
-        return state
-
-    def save(self, state: dict) -> None:
-        if not self.uri:
-            return
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        storage.write_bytes(self.uri, buffer.getvalue())
-        log.info("checkpoint saved to %s (epoch %d, step %d)", self.uri, state["epoch"], state["step_in_epoch"])
 
 
 @dataclasses.dataclass
@@ -93,30 +84,53 @@ class Training:
     max_length: int
     train: TokenizedSplit
     validation: TokenizedSplit
-    sampler: LengthGroupedBatches
+    sampler: LengthGroupedBatches | TokenBudgetBatches
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: object
+    group: distributed.Group
+    forward: torch.nn.Module  # what a training step calls: ``model``, or its DDP wrapper
 
     def epoch_batches(self, epoch: int, skip: int = 0):
-        """The collated batches of one epoch, from batch ``skip`` on (the order depends only on seed and epoch)."""
+        """This rank's collated batches of one epoch, from batch ``skip`` on (the order depends only on seed and epoch)."""
         return loader(self.train, self.sampler.batches(epoch)[skip:], self.pad_id, self.device)
+
+    def step_on_device(self, batch: dict) -> torch.Tensor:
+        """One optimizer step on a collated batch; its loss, not yet read from the device."""
+        batch = to_device(batch, self.device)
+        targets = batch["target"] if self.config.graded_targets else batch["label"]
+        return optimizer_step(self.forward, batch, targets, self.optimizer, self.scheduler, self.device, self.config.precision)
 
     def step(self, batch: dict) -> float:
         """One optimizer step on a collated batch; returns its loss."""
-        batch = to_device(batch, self.device)
-        targets = batch["target"] if self.config.graded_targets else batch["label"]
-        return training_step(self.model, batch, targets, self.optimizer, self.scheduler, self.device, self.config.precision)
+        return self.step_on_device(batch).item()
+
+    def validation_auc(self) -> float:
+        """ROC AUC on the validation split; each rank scores its share and every rank gets the same number."""
+        share = self.validation.take(self.group.shard_rows(len(self.validation))) if self.group.active else self.validation
+        scores = predict_logits(self.model, share, self.pad_id, self.device, precision=self.config.precision)
+        return auc_or_nan(self.validation.labels, self.group.gather_rows(scores, len(self.validation)))
 
 
-def prepare(tokenized_dir: str, config: TrainParams) -> Training:
+def batch_sampler(config: TrainParams, lengths, group: distributed.Group):
+    """By token budget when ``max_batch_tokens`` is set, else ``batch_size`` rows; this rank's share."""
+    if config.max_batch_tokens:
+        return TokenBudgetBatches(lengths, config.max_batch_tokens, config.seed, group.rank, group.world_size)
+    return LengthGroupedBatches(lengths, config.batch_size, config.seed, group.rank, group.world_size)
+
+
+def prepare(tokenized_dir: str, config: TrainParams, group: distributed.Group | None = None) -> Training:
     """Open the tokenized splits and build the model, optimizer, scheduler and batch sampler.
+
+    Args:
+        group: this process's place among the data-parallel ranks (default: one process).
 
     Raises:
         SearchtuneError: the data was tokenized for another architecture, or is missing.
     """
+    group = group or distributed.single(pick_device())
     torch.manual_seed(config.seed)
-    device = pick_device()
+    device = group.device
     base = modeling.resolve_base_model(config.base_model)
     tokenized = Path(tokenized_dir)
     token_stats = records.TokenizeStats.read(tokenized_dir)
@@ -126,88 +140,109 @@ def prepare(tokenized_dir: str, config: TrainParams) -> Training:
     train = TokenizedSplit.open(tokenized / "train", config.architecture, config.max_train_rows, config.seed)
     validation = TokenizedSplit.open(tokenized / "validation", config.architecture)
     model = modeling.build_model(config, base).to(device)
+    if group.active:
+        torch.manual_seed(config.seed + group.rank)  # same initial weights on every rank, different dropout masks
     trainable, total = modeling.count_parameters(model)
-    log.info("training %s on %s (%s): %d train rows, %d validation rows, %d/%d parameters trainable (%.2f%%)",
-             config.architecture, base, device, len(train), len(validation), trainable, total, 100 * trainable / total)
+    log.info("training %s on %s (%s, %d process(es)): %d train rows, %d validation rows, %d/%d parameters trainable (%.2f%%)",
+             config.architecture, base, device, group.world_size, len(train), len(validation), trainable, total,
+             100 * trainable / total)
     head = [p for n, p in model.named_parameters() if p.requires_grad and n in modeling.HEAD_PARAMETERS]
     body = [p for n, p in model.named_parameters() if p.requires_grad and n not in modeling.HEAD_PARAMETERS]
+    # Fused AdamW updates every tensor in one kernel on GPU; on CPU the default keeps today's numbers.
+    fused = {"fused": True} if device.type == "cuda" else {}
     optimizer = torch.optim.AdamW(
         [{"params": body, "lr": config.learning_rate, "weight_decay": config.weight_decay},
-         {"params": head, "lr": config.head_learning_rate, "weight_decay": 0.0}],
+         {"params": head, "lr": config.head_learning_rate, "weight_decay": 0.0}], **fused,
     )
-    sampler = LengthGroupedBatches(train.lengths, config.batch_size, config.seed)
+    sampler = batch_sampler(config, train.lengths, group)
     total_steps = sampler.steps(config.epochs)
     from transformers import get_linear_schedule_with_warmup
 
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     return Training(config, device, base, tokenizer, tokenizer.pad_token_id or 0, token_stats.max_length, train, validation,
-                    sampler, model, optimizer, scheduler)
+                    sampler, model, optimizer, scheduler, group, group.wrap(model))
 
 
-def finetune(tokenized_dir: str, output_dir: str, config: TrainParams | None = None, checkpoint_uri: str = "") -> records.ModelRecord:
-    """Run the fine-tune step.
+def finetune(tokenized_dir: str, output_dir: str, config: TrainParams | None = None, checkpoint_uri: str = "",
+             group: distributed.Group | None = None) -> records.ModelRecord:
+    """Run the fine-tune step (on this process; ``steps.finetune_launch.run`` starts several).
 
     Args:
         tokenized_dir: output of the tokenize step (its tokenizer and tokenized splits).
-        output_dir: local directory for the adapter, head, tokenizer and metrics.
+        output_dir: local directory for the adapter, head, tokenizer and metrics (written by rank 0).
         config: the training parameters (defaults: those of ``searchtune run``).
         checkpoint_uri: where to checkpoint and resume from ('' = no checkpoints).
+        group: this process's data-parallel group (``ml.distributed.start``); default one process.
 
     Returns:
         The model record written to ``searchtune_model.json`` (base-model reference,
         training parameters, per-epoch metrics, best epoch).
     """
     config = config or TrainParams()
-    run = prepare(tokenized_dir, config)
-    model = run.model
+    run = prepare(tokenized_dir, config, group)
+    model, group = run.model, run.group
     checkpointer = Checkpointer(checkpoint_uri)
     history, best_auc, best_state, best_epoch, start_epoch, start_step, bad_epochs = [], -1.0, None, 0, 0, 0, 0
-    state = checkpointer.load()
+    resume_rng = None
+    state = checkpointer.load(group.world_size)
     if state is not None:
         model.load_state_dict(state["model"], strict=False)
         run.optimizer.load_state_dict(state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
         history, best_auc, best_state, best_epoch = state["history"], state["best_auc"], state["best_state"], state["best_epoch"]
         start_epoch, start_step, bad_epochs = state["epoch"], state["step_in_epoch"], state["bad_epochs"]
+        resume_rng = state["rng"][group.rank] if "rng" in state else None
 
     def checkpoint(epoch: int, step_in_epoch: int) -> None:
-        checkpointer.save({
-            "model": trainable_state(model), "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
-            "history": history, "best_auc": best_auc, "best_state": best_state, "best_epoch": best_epoch,
-            "epoch": epoch, "step_in_epoch": step_in_epoch, "bad_epochs": bad_epochs,
-        })
+        if not checkpointer.uri:
+            return
+        rngs = group.gather_objects(rng_state(run.device))  # every rank takes part; rank 0 writes
+        if group.is_main:
+            checkpointer.save({
+                "model": trainable_state(model), "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+                "history": history, "best_auc": best_auc, "best_state": best_state, "best_epoch": best_epoch,
+                "epoch": epoch, "step_in_epoch": step_in_epoch, "bad_epochs": bad_epochs,
+                "world_size": group.world_size, "rng": rngs,
+            })
 
     started = time.perf_counter()
-    steps_per_epoch = math.ceil(len(run.train) / config.batch_size)
     for epoch in range(start_epoch, config.epochs):
         if bad_epochs >= config.patience:
             break
-        model.train()
+        run.forward.train()
         skip = start_step if epoch == start_epoch else 0  # a resumed run skips exactly the batches it did
-        epoch_start, seen, real_tokens, padded_tokens, loss_sum = time.perf_counter(), 0, 0, 0, 0.0
-        batches = run.epoch_batches(epoch, skip)
-        for step, batch in enumerate(track(batches, total=len(batches), what=f"epoch {epoch + 1}/{config.epochs}", unit="batches"),
-                                     start=skip):
+        epoch_start, seen, real_tokens, padded_tokens = time.perf_counter(), 0, 0, 0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)
+        order = run.sampler.batches(epoch)
+        steps_per_epoch = len(order)
+        epoch_loader = loader(run.train, order[skip:], run.pad_id, run.device)
+        batches = iter(epoch_loader)  # draws its seed from the global generator, as the lost run did at this epoch's start
+        if resume_rng is not None:
+            set_rng_state(resume_rng, run.device)  # so the resumed steps get the lost run's dropout masks
+            resume_rng = None
+        if group.is_main:
+            batches = track(batches, total=len(epoch_loader), what=f"epoch {epoch + 1}/{config.epochs}", unit="batches")
+        for step, batch in enumerate(batches, start=skip):
             rows = len(batch["label"])
-            loss = run.step(batch)
+            loss_sum += run.step_on_device(batch) * rows
             seen += rows
-            loss_sum += loss * rows
             real_tokens += sum(int(batch[k].sum()) for k in batch if k.endswith("_mask"))
             padded_tokens += sum(batch[k].numel() for k in batch if k.endswith("_mask"))
             if (step + 1) % LOSS_LOG_STEPS == 0:
-                log.info("epoch %d step %d/%d: mean loss %.4f", epoch + 1, step + 1, steps_per_epoch, loss_sum / seen)
+                log.info("epoch %d step %d/%d: mean loss %.4f (rank %d)", epoch + 1, step + 1, steps_per_epoch,
+                         loss_sum.item() / seen, group.rank)
             if config.checkpoint_every_steps and (step + 1) % config.checkpoint_every_steps == 0 and step + 1 < steps_per_epoch:
                 checkpoint(epoch, step + 1)
-        epoch_seconds = time.perf_counter() - epoch_start
-        val_auc = auc_or_nan(run.validation.labels, predict_logits(model, run.validation, run.pad_id, run.device,
-                                                                   precision=config.precision))
+        seen, loss_total, real_tokens, padded_tokens = group.sum(seen, loss_sum, real_tokens, padded_tokens)
+        epoch_seconds = time.perf_counter() - epoch_start  # after the sum, which waited for the last step
+        val_auc = run.validation_auc()
         record = {
-            "epoch": epoch + 1, "train_loss": round(loss_sum / max(seen, 1), 5), "validation_auc": round(val_auc, 5),
+            "epoch": epoch + 1, "train_loss": round(loss_total / max(seen, 1), 5), "validation_auc": round(val_auc, 5),
             "examples_per_second": round(seen / epoch_seconds, 1), "seconds": round(epoch_seconds, 1),
             "padding_efficiency": round(real_tokens / max(padded_tokens, 1), 4),
         }
         history.append(record)
-        log.info("epoch %d done: %s", epoch + 1, record)
+        log.info("epoch %d done (%d rows on %d process(es)): %s", epoch + 1, seen, group.world_size, record)
         if val_auc > best_auc:
             best_auc, best_state, best_epoch, bad_epochs = val_auc, trainable_state(model), epoch + 1, 0
         else:
@@ -233,6 +268,8 @@ def finetune(tokenized_dir: str, output_dir: str, config: TrainParams | None = N
         best_validation_auc=round(best_auc, 5),
         training_seconds=round(time.perf_counter() - started, 1),
     )
-    modeling.save_model(model.cpu(), run.tokenizer, output_dir, record)
-    log.info("wrote model to %s: best epoch %d, validation AUC %.4f", output_dir, best_epoch, best_auc)
+    if group.is_main:
+        modeling.save_model(model.cpu(), run.tokenizer, output_dir, record)
+        log.info("wrote model to %s: best epoch %d, validation AUC %.4f", output_dir, best_epoch, best_auc)
+    group.barrier()  # no rank reports success before the model is written
     return record
