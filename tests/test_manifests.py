@@ -125,12 +125,102 @@ def kserve_inferenceservice_schema() -> dict:
     }
 
 
+def _strict(properties: dict, required: tuple = ()) -> dict:
+    return {"type": "object", "additionalProperties": False, "properties": properties, "required": list(required)}
+
+
+def _custom_resource(api_version: str, kind: str, spec: dict) -> dict:
+    ref = "/api/_definitions.json#/$defs/"
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema", "$id": f"https://kubernetes.io/api/{kind.lower()}.json",
+        **_strict({"apiVersion": {"const": api_version}, "kind": {"const": kind},
+                   "metadata": {"$ref": ref + "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"}, "spec": spec,
+                   "status": {"type": "object"}}, ("apiVersion", "kind", "metadata", "spec")),
+    }
+
+
+def trainjob_schema() -> dict:
+    """Kubeflow Trainer's TrainJob (trainer.kubeflow.org/v1alpha1), written from its Go API types
+    (pkg/apis/trainer/v1alpha1/trainjob_types.go: TrainJobSpec, RuntimeRef, Trainer, RuntimePatch down to
+    PodSpecPatch and ContainerPatch), with the Kubernetes parts taken from the Kubernetes definitions."""
+    ref = "/api/_definitions.json#/$defs/io.k8s.api.core.v1."
+    env = {"type": "array", "maxItems": 128, "items": {"$ref": ref + "EnvVar"}}
+    name = {"type": "string", "minLength": 1, "maxLength": 253}
+    patch_meta = {"type": "object"}
+    container_patch = _strict({"name": name, "env": env, "volumeMounts": {"type": "array", "items": {"$ref": ref + "VolumeMount"}},
+                               "securityContext": {"$ref": ref + "SecurityContext"}}, ("name",))
+    pod_spec_patch = _strict({
+        "serviceAccountName": {"type": "string", "maxLength": 253},
+        "volumes": {"type": "array", "maxItems": 128, "items": {"$ref": ref + "Volume"}},
+        "initContainers": {"type": "array", "maxItems": 64, "items": container_patch},
+        "containers": {"type": "array", "maxItems": 64, "items": container_patch},
+        "imagePullSecrets": {"type": "array", "items": {"$ref": ref + "LocalObjectReference"}},
+        "securityContext": {"$ref": ref + "PodSecurityContext"},
+        "nodeSelector": {"type": "object", "additionalProperties": {"type": "string"}},
+        "affinity": {"$ref": ref + "Affinity"},
+        "tolerations": {"type": "array", "maxItems": 128, "items": {"$ref": ref + "Toleration"}},
+        "schedulingGates": {"type": "array", "items": {"$ref": ref + "PodSchedulingGate"}},
+    })
+    pod_template = _strict({"metadata": patch_meta, "spec": pod_spec_patch})
+    job_template = _strict({"metadata": patch_meta, "spec": _strict({"template": pod_template})})
+    replicated = _strict({"name": {**name, "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"}, "template": job_template}, ("name",))
+    jobset_template = _strict({"metadata": patch_meta,
+                               "spec": _strict({"replicatedJobs": {"type": "array", "maxItems": 100, "items": replicated}})})
+    initializer = _strict({"storageUri": {"type": "string", "maxLength": 2048}, "env": env,
+                           "secretRef": {"$ref": ref + "LocalObjectReference"}})
+    spec = _strict({
+        "runtimeRef": _strict({"name": name, "apiGroup": {"type": "string", "maxLength": 253},
+                               "kind": {"enum": ["ClusterTrainingRuntime", "TrainingRuntime"]}}, ("name",)),
+        "initializer": _strict({"dataset": initializer, "model": initializer}),
+        "trainer": _strict({
+            "image": {"type": "string", "maxLength": 500},
+            "command": {"type": "array", "maxItems": 128, "items": {"type": "string"}},
+            "args": {"type": "array", "maxItems": 128, "items": {"type": "string"}},
+            "env": env,
+            "numNodes": {"type": "integer", "minimum": 1},
+            "resourcesPerNode": {"$ref": ref + "ResourceRequirements"},
+            "numProcPerNode": {"type": "integer", "minimum": 1},
+        }),
+        "runtimePatches": {"type": "array", "maxItems": 16, "items": _strict({
+            "manager": name, "time": {"type": "string"},
+            "trainingRuntimeSpec": _strict({"template": jobset_template})}, ("manager",))},
+        "suspend": {"type": "boolean"},
+        "activeDeadlineSeconds": {"type": "integer", "minimum": 1},
+        "managedBy": {"enum": ["trainer.kubeflow.org/trainjob-controller", "kueue.x-k8s.io/multikueue"]},
+    }, ("runtimeRef",))
+    return _custom_resource("trainer.kubeflow.org/v1alpha1", "TrainJob", spec)
+
+
+def pytorchjob_schema() -> dict:
+    """The Training Operator's PyTorchJob (kubeflow.org/v1), written from its Go API types
+    (pkg/apis/kubeflow.org/v1: PyTorchJobSpec, ReplicaSpec, RunPolicy); pods are Kubernetes PodTemplateSpecs."""
+    ref = "/api/_definitions.json#/$defs/io.k8s.api.core.v1."
+    replica = _strict({"replicas": {"type": "integer", "minimum": 0}, "template": {"$ref": ref + "PodTemplateSpec"},
+                       "restartPolicy": {"enum": ["Always", "OnFailure", "Never", "ExitCode"]}}, ("template",))
+    spec = _strict({
+        "runPolicy": _strict({
+            "cleanPodPolicy": {"enum": ["All", "Running", "None"]}, "ttlSecondsAfterFinished": {"type": "integer"},
+            "activeDeadlineSeconds": {"type": "integer"}, "backoffLimit": {"type": "integer", "minimum": 0},
+            "schedulingPolicy": {"type": "object"}, "suspend": {"type": "boolean"}, "managedBy": {"type": "string"}}),
+        "elasticPolicy": {"type": "object"},
+        "pytorchReplicaSpecs": {"type": "object", "minProperties": 1, "additionalProperties": False,
+                                "properties": {"Master": replica, "Worker": replica}},
+        "nprocPerNode": {"type": "string", "pattern": "^(auto|cpu|gpu|[1-9][0-9]*)$"},
+    }, ("pytorchReplicaSpecs",))
+    return _custom_resource("kubeflow.org/v1", "PyTorchJob", spec)
+
+
+CUSTOM_SCHEMAS = {"serving.kserve.io/": kserve_inferenceservice_schema, "trainer.kubeflow.org/": trainjob_schema,
+                  "kubeflow.org/": pytorchjob_schema}
+
+
 def validate(doc: dict) -> None:
-    """Raise if the document breaks its schema (Kubernetes or KServe)."""
-    if doc.get("apiVersion", "").startswith("serving.kserve.io/"):
+    """Raise if the document breaks its schema (Kubernetes, KServe, Kubeflow Trainer or the Training Operator)."""
+    schema = next((make for prefix, make in CUSTOM_SCHEMAS.items() if doc.get("apiVersion", "").startswith(prefix)), None)
+    if schema is not None:
         definitions = schema_contents(f"{KUBERNETES_SCHEMAS}/_definitions.json", KUBERNETES_VERSION)
         registry = Resource.from_contents(definitions) @ Registry()
-        jsonschema.Draft202012Validator(kserve_inferenceservice_schema(), registry=registry).validate(doc)
+        jsonschema.Draft202012Validator(schema(), registry=registry).validate(doc)
     else:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
@@ -150,7 +240,7 @@ def test_kustomization_renders_and_every_resource_validates(folder):
 def test_every_manifest_file_validates_as_written():
     docs = raw_documents()
     assert {doc["kind"] for _, doc in docs} == {
-        "ServiceAccount", "Role", "RoleBinding", "ConfigMap", "CronJob", "InferenceService"}
+        "ServiceAccount", "Role", "RoleBinding", "ConfigMap", "CronJob", "InferenceService", "TrainJob", "PyTorchJob"}
     for path, doc in docs:
         try:
             validate(doc)
@@ -168,6 +258,14 @@ def test_every_manifest_file_validates_as_written():
         ("InferenceService", lambda d: d["spec"]["predictor"]["containers"][0].update(ports=[{"port": 8080}])),
         ("InferenceService", lambda d: d["spec"]["predictor"].pop("containers")),  # no predictor implementation
         ("ServiceAccount", lambda d: d["metadata"].update(annotations={"a": 1})),
+        ("TrainJob", lambda d: d["spec"].pop("runtimeRef")),
+        ("TrainJob", lambda d: d["spec"]["trainer"].update(numNode=2)),  # typo of numNodes
+        ("TrainJob", lambda d: d["spec"]["trainer"]["resourcesPerNode"].update(limit={})),  # typo of limits
+        ("TrainJob", lambda d: d["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+         ["template"]["spec"]["template"]["spec"]["containers"][0].update(image="x")),  # a patch cannot change the image
+        ("PyTorchJob", lambda d: d["spec"]["pytorchReplicaSpecs"].update(Chief=d["spec"]["pytorchReplicaSpecs"]["Worker"])),
+        ("PyTorchJob", lambda d: d["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0].pop("name")),
+        ("PyTorchJob", lambda d: d["spec"].update(nprocPerNode=8)),  # a string in the API
     ],
 )
 def test_the_validation_catches_broken_manifests(kind, mutate):
@@ -263,3 +361,36 @@ def test_every_parameter_a_manifest_sets_is_a_pipeline_parameter_and_no_default_
         if "base" in str(path):
             copies = [PARAM_ENV_PREFIX + n.upper() for n, v in values.items() if str(defaults[n]) == v]
             assert not copies, f"{path}: {copies} only repeat the default, which may then drift from it"
+
+
+@pytest.mark.parametrize("kind", ["TrainJob", "PyTorchJob"])
+def test_training_jobs_run_torchrun_on_the_searchtune_rank_entry_point_with_valid_parameters(kind):
+    """The multi-node jobs' commands, parsed by torchrun's own parser and the entry point's; the image is the GPU image."""
+    from torch.distributed.run import get_args_parser
+
+    from searchtune import params
+    from searchtune.orchestration import images
+    from searchtune.steps import finetune_launch
+
+    (doc,) = [doc for _, doc in raw_documents() if doc["kind"] == kind]
+    if kind == "TrainJob":
+        assert doc["spec"]["runtimeRef"]["name"] == "torch-distributed"
+        containers = [doc["spec"]["trainer"]]
+        gpus = int(doc["spec"]["trainer"]["resourcesPerNode"]["limits"]["nvidia.com/gpu"])
+    else:
+        replicas = doc["spec"]["pytorchReplicaSpecs"]
+        containers = [spec["template"]["spec"]["containers"][0] for spec in replicas.values()]
+        gpus = int(containers[0]["resources"]["limits"]["nvidia.com/gpu"])
+        assert int(doc["spec"]["nprocPerNode"]) == gpus, "one rank per GPU"
+        assert {spec["template"]["spec"]["serviceAccountName"] for spec in replicas.values()} == {"searchtune"}
+    for container in containers:
+        assert container["image"] == images.GPU_IMAGE
+        # What the Training Operator puts in the pod's environment (Kubernetes expands $(VAR) from it).
+        operator_env = {"MASTER_ADDR": doc["metadata"]["name"] + "-master-0", "MASTER_PORT": "23456"}
+        command = expand([*container["command"], *container["args"]], operator_env)
+        assert command[0] == "torchrun"
+        launch = get_args_parser().parse_args(command[1:])
+        assert launch.module and launch.training_script == "searchtune.steps.finetune_launch"
+        args = finetune_launch.build_parser().parse_args(launch.training_script_args)
+        assert args.tokenized.startswith("gs://") and args.output.startswith("gs://") and args.checkpoint_uri.startswith("gs://")
+        params.parse(params.TrainParams, dict(args.param))  # valid training parameters
