@@ -60,9 +60,6 @@ class _Column:
         offsets = self.offsets[chunk]
         return offsets[local + 1] - offsets[local]
 
-    def all_lengths(self) -> np.ndarray:
-        return np.concatenate([np.diff(o) for o in self.offsets]) if self.offsets else np.zeros(0, np.int32)
-
     def gather(self, chunk: np.ndarray, local: np.ndarray, dtype) -> np.ndarray:
         """One value per row (for a flat column)."""
         out = np.empty(len(local), dtype=dtype)
@@ -87,10 +84,13 @@ class TokenizedSplit:
         self.columns = {name: _Column([b.column(name) for b in batches]) for name in present}
         self.chunk_starts = np.cumsum([0] + [b.num_rows for b in batches])
         self.subset = None if rows is None else np.asarray(rows, dtype=np.int64)
-        id_fields = [f for f in self.fields if _is_ids(f) and f in self.columns]
-        lengths = np.max([self.columns[f].all_lengths() for f in id_fields], axis=0) if id_fields and batches \
-            else np.zeros(int(self.chunk_starts[-1]), np.int32)
-        self.lengths = (lengths if self.subset is None else lengths[self.subset]).astype(np.int16)
+        # Filled chunk by chunk into one int16 array, with no whole-split int32 temporaries.
+        lengths = np.zeros(int(self.chunk_starts[-1]), np.int16)
+        for field in (f for f in self.fields if _is_ids(f) and f in self.columns):
+            for chunk, offsets in enumerate(self.columns[field].offsets):
+                part = lengths[self.chunk_starts[chunk] : self.chunk_starts[chunk + 1]]
+                np.maximum(part, np.diff(offsets), out=part, casting="same_kind")
+        self.lengths = lengths if self.subset is None else lengths[self.subset]
 
     @classmethod
     def open(cls, folder, architecture: str, max_rows: int = 0, seed: int = 0) -> TokenizedSplit:
