@@ -79,6 +79,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
         checkpoint_every_steps: int = DEFAULTS.checkpoint_every_steps,
         max_batch_tokens: int = DEFAULTS.max_batch_tokens,
         processes_per_node: int = DEFAULTS.processes_per_node,
+        init_from: str = DEFAULTS.init_from,
         gate_metric: str = DEFAULTS.gate_metric,
         min_auc: float = DEFAULTS.min_auc,
         require_beat_base: bool = DEFAULTS.require_beat_base,
@@ -98,10 +99,13 @@ def build_pipeline(settings: ClusterSettings | None = None):
         run_parameters = params.select(RunParameters, locals())  # every run parameter by name (KFP channels here)
         run_id = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
         preflight_task = preflight(**run_parameters, run_id=run_id)
-        ingest_task = ingest(**params.select(IngestParams, run_parameters), data_version=preflight_task.outputs["Output"])
+        ingest_task = ingest(**params.select(IngestParams, run_parameters), data_version=preflight_task.outputs["data_version"])
         tokenize_task = tokenize(splits=ingest_task.outputs["splits"], **params.select(ModelParams, run_parameters))
-        finetune_task = finetune(tokenized=tokenize_task.outputs["tokenized"], **params.select(TrainParams, run_parameters),
-                                 checkpoint_root=checkpoint_root, run_id=run_id)
+        # init_from arrives resolved ('production' -> '7'), so the step's cache key names the weights it starts from.
+        train_parameters = {**params.select(TrainParams, run_parameters), "init_from": preflight_task.outputs["init_version"]}
+        finetune_task = finetune(tokenized=tokenize_task.outputs["tokenized"], **train_parameters,
+                                 registry_root=registry_root, model_name=model_name, checkpoint_root=checkpoint_root,
+                                 run_id=run_id)
         # Resolved after training, so the evaluation meets the production model of that moment.
         champion_task = champion(registry_root=registry_root, model_name=model_name).after(finetune_task)
         evaluate_task = evaluate(

@@ -73,7 +73,7 @@ def test_pipeline_inputs_are_the_run_parameters_with_their_defaults_and_descript
     ("preflight", RunParameters, {"run_id"}),
     ("ingest", IngestParams, {"data_version"}),
     ("tokenize", ModelParams, set()),
-    ("finetune", TrainParams, {"checkpoint_root", "run_id"}),
+    ("finetune", TrainParams, {"registry_root", "model_name", "checkpoint_root", "run_id"}),
     ("evaluate", GateParams, {"run_id"}),
     ("champion", None, {"registry_root", "model_name"}),
     ("index", IndexParams, {"text_columns"}),

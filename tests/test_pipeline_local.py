@@ -56,7 +56,8 @@ def test_blessed_run_registers_then_next_run_meets_the_champion_then_a_failed_ga
     data = str(odd_folder / "judgements.parquet")
     shutil.copyfile(sample_data.default_sample_path(), data)  # the bundled sample: ~150 test queries
 
-    first = run(workdir, data, min_auc=0.5)
+    # Warm start as a schedule sets it: the first run has no production model to continue, so it starts from the base.
+    first = run(workdir, data, min_auc=0.5, init_from="production")
     evaluation_dir = str(first.step_output("evaluate", "evaluation"))
     assert first.step_output("evaluate", "drift_report").read_text().lstrip().lower().startswith("<!doctype html")
     assert first.step_output("evaluate", "summary").read_text().startswith("# searchtune evaluation")
@@ -69,6 +70,7 @@ def test_blessed_run_registers_then_next_run_meets_the_champion_then_a_failed_ga
     for name in ("report.html", "summary.md", "drift_report.html", "predictions.parquet", "model_card.md", "pipeline.log"):
         assert first.published(name) is not None, name
     assert records.ModelRecord.read(str(first.published("model"))).epochs
+    assert records.ModelRecord.read(str(first.published("model"))).warm_start is None
     production = registry.production("searchtune-relevance")
     assert production["version"] == 1
     version_dir = workdir / "registry" / "searchtune-relevance" / "versions" / "1"
@@ -87,7 +89,11 @@ def test_blessed_run_registers_then_next_run_meets_the_champion_then_a_failed_ga
 
     # Second run: the registry has a production model, so it is scored on the same rows and is
     # the drift reference; a generous max_auc_drop lets the candidate through.
-    second = run(workdir, data, min_auc=0.5, max_auc_drop=0.5)
+    # It also continues training production v1 (init_from, resolved by preflight), recorded in the version's lineage.
+    second = run(workdir, data, min_auc=0.5, max_auc_drop=0.5, init_from="production")
+    started_from = records.WarmStart(model_name="searchtune-relevance", version=1, uri=registry.version_uri("searchtune-relevance", 1))
+    assert records.RunRecord.read(str(second.step_output("preflight", "run"))).warm_start == started_from
+    assert records.ModelRecord.read(str(second.step_output("finetune", "model"))).warm_start == started_from
     evaluation = records.Evaluation.read(str(second.step_output("evaluate", "evaluation")))
     assert evaluation.production_version == 1 and "production" in evaluation.blessing.statistics.models
     champion = records.ChampionRecord.read(str(second.step_output("champion", "champion")))
@@ -98,6 +104,7 @@ def test_blessed_run_registers_then_next_run_meets_the_champion_then_a_failed_ga
     assert evaluation.drift.scored_rows > 0 and "production_score" in evaluation.drift.per_column  # prediction drift too
     assert evaluation.blessing.production_version == 1 and evaluation.blessing.blessed, evaluation.blessing.reason
     assert registry.production("searchtune-relevance")["version"] == 2
+    assert records.Lineage.read(str(version_dir.parent / "2")).warm_start == started_from
 
     # Third run: an unreachable floor. The register task is skipped; versions and aliases are
     # untouched and the refusal is in the candidates log.

@@ -6,7 +6,9 @@ import torch
 from searchtune import records
 from searchtune.errors import SearchtuneError
 from searchtune.ml import modeling
-from searchtune.params import TrainParams
+from searchtune.params import TrainParams, parse
+from searchtune.registry import ModelRegistry
+from searchtune.steps import warm_start
 
 QUERIES = ["cordless drill", "2x4 lumber 8 ft"]
 TEXTS = ["DEWALT 20-Volt Max Cordless Drill", "Pressure-Treated Lumber 2 in. x 4 in. x 8 ft."]
@@ -80,3 +82,38 @@ def test_hybrid_head_adds_the_weighted_lexical_score_and_round_trips(base, tmp_p
         assert torch.allclose(loaded(batch(tokenizer, [0.2, 0.6])), with_lexical, atol=1e-5)
         with pytest.raises(SearchtuneError, match="lexical match score"):
             loaded(batch(tokenizer))
+
+
+def test_init_from_resolves_a_registered_version_and_refuses_what_cannot_be_continued(base, tmp_path):
+    params = TrainParams(lora_r=4, lora_alpha=8, init_from="production")
+    _, saved_dir = trained_like(params, base, tmp_path)
+    registry = ModelRegistry(str(tmp_path / "registry"))
+    name = "relevance"
+    # A schedule's first run: no production model yet, so it trains from the base.
+    assert warm_start.resolve(registry.root, name, params, base) is None
+    registry.register_version(name, saved_dir, {"run_id": "run-1", "created_by": "test", "auc": 0.7, "blessed": True})
+    assert warm_start.resolve(registry.root, name, params, base) is None  # registered, not promoted
+    latest = warm_start.resolve(registry.root, name, params.model_copy(update={"init_from": "latest"}), base)
+    assert latest == records.WarmStart(model_name=name, version=1, uri=registry.version_uri(name, 1))
+    registry.promote(name, 1, actor="test", reason="first")
+    assert warm_start.resolve(registry.root, name, params, base).version == 1
+    with pytest.raises(SearchtuneError, match=r"init_from='production': relevance v1 cannot be continued by this run, "
+                                              r"it differs in lora_r 4 vs 8"):
+        warm_start.resolve(registry.root, name, params.model_copy(update={"lora_r": 8}), base)
+    with pytest.raises(SearchtuneError, match=r"init_from='7': model 'relevance' has no version 7; available: v1"):
+        warm_start.resolve(registry.root, name, params.model_copy(update={"init_from": "7"}), base)
+    with pytest.raises(SearchtuneError, match=r"init_from='staging': model 'relevance' has no alias 'staging'"):
+        warm_start.resolve(registry.root, name, params.model_copy(update={"init_from": "staging"}), base)
+    # The fine-tune step's side: the resolved version, fetched with its checksums, loads as the saved model.
+    start, folder = warm_start.fetch(registry.root, name, "1", str(tmp_path / "fetched"))
+    assert start.version == 1 and (tmp_path / "fetched" / records.ModelRecord.FILE).exists()
+    assert warm_start.fetch(registry.root, name, "", str(tmp_path / "unused")) == (None, "")
+    modeling.build_model(params, base, init_from=folder)
+
+
+def test_init_from_takes_only_a_registry_reference():
+    for good in ("", "production", "3", "v3", "latest", "staging-2"):
+        assert parse(TrainParams, {"init_from": good}).init_from == good
+    with pytest.raises(SearchtuneError, match=r"^invalid parameters: init_from='\.\./model': must be a registry version "
+                                              r"\(3, v3\), 'latest' or an alias such as 'production'$"):
+        parse(TrainParams, {"init_from": "../model"})

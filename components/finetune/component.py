@@ -18,6 +18,8 @@ from searchtune.params import TrainParams, documented
     "LoRA-fine-tune the relevance model, with early stopping on validation AUC.",
     TrainParams,
     tokenized="output of the tokenize step.",
+    registry_root="the registry init_from's version is fetched from.",
+    model_name="the model init_from's version belongs to.",
     checkpoint_root="where to checkpoint (local or gs://); '' = next to the model output when that is on GCS "
                     "(so a retried pod resumes), otherwise no checkpoints.",
     run_id="the pipeline run, names the checkpoint folder.",
@@ -47,6 +49,9 @@ def finetune(
     checkpoint_every_steps: int,
     max_batch_tokens: int,
     processes_per_node: int,
+    init_from: str,
+    registry_root: str,
+    model_name: str,
     checkpoint_root: str,
     run_id: str,
     model: Output[Model],
@@ -62,9 +67,11 @@ def finetune(
             checkpoint_uri = storage.join(checkpoint_root, run_id or "run")
         else:
             checkpoint_uri = model.uri + "-checkpoint" if storage.is_gcs(model.uri) else ""
-        record = finetune_launch.run(tokenized.path, model.path, config, checkpoint_uri=checkpoint_uri)
+        record = finetune_launch.run(tokenized.path, model.path, config, checkpoint_uri=checkpoint_uri,
+                                     registry_root=registry_root, model_name=model_name)
         model.metadata.update({"architecture": record.architecture, "base_model": record.base_model.name_or_path,
-                               "best_validation_auc": record.best_validation_auc})
+                               "best_validation_auc": record.best_validation_auc,
+                               "init_version": record.warm_start.version if record.warm_start else 0})
         metrics.log_metric("best_validation_auc", record.best_validation_auc)
         metrics.log_metric("best_epoch", record.best_epoch)
         metrics.log_metric("epochs_run", len(record.epochs))

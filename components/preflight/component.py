@@ -1,5 +1,7 @@
 """KFP component for the preflight step; the logic is ``searchtune.steps.preflight.preflight``."""
 
+from typing import NamedTuple
+
 from kfp import dsl
 from kfp.dsl import Artifact, Output
 
@@ -13,7 +15,8 @@ from searchtune.params import RunParameters, documented
     RunParameters,
     run_id="the pipeline run's id.",
     run="run.json: the run id, every parameter, the input files with their versions.",
-    returns="data_version: a digest of the input files (names, sizes, versions) that keys the ingest step's cache.",
+    returns="data_version: a digest of the input files (names, sizes, versions) that keys the ingest step's cache; "
+            "init_version: the registry version init_from resolved to ('' = train from the base model).",
 )
 def preflight(
     data: str,
@@ -47,6 +50,7 @@ def preflight(
     checkpoint_every_steps: int,
     max_batch_tokens: int,
     processes_per_node: int,
+    init_from: str,
     gate_metric: str,
     min_auc: float,
     require_beat_base: bool,
@@ -65,7 +69,9 @@ def preflight(
     checkpoint_root: str,
     run_id: str,
     run: Output[Artifact],
-) -> str:
+) -> NamedTuple("PreflightOutputs", data_version=str, init_version=str):
+    from collections import namedtuple
+
     from searchtune import logs, params
     from searchtune.steps import preflight as step
 
@@ -73,4 +79,5 @@ def preflight(
         values = params.select(params.RunParameters, locals())
         record = step.preflight(params.parse(params.RunParameters, values), run_id, run.path)
         run.metadata.update({"run_id": record.run_id, "data_version": record.data_version, "files": len(record.data_files)})
-        return record.data_version
+        outputs = namedtuple("PreflightOutputs", ["data_version", "init_version"])
+        return outputs(record.data_version, str(record.warm_start.version) if record.warm_start else "")

@@ -30,6 +30,8 @@ from searchtune.errors import SearchtuneError
 Architecture = Literal["bi-encoder", "cross-encoder"]
 ARCHITECTURES = get_args(Architecture)
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+# A registry reference (see ``ModelRegistry.resolve``): a version (3, v3), 'latest' or an alias; empty = none.
+INIT_FROM_PATTERN = r"^(|v?[0-9]+|[A-Za-z][A-Za-z0-9._-]*)$"
 
 
 class _Params(BaseModel):
@@ -123,6 +125,11 @@ class TrainParams(ModelParams):
     processes_per_node: int = Field(0, ge=0, le=64, description="Data-parallel training processes (torchrun, DDP) on the "
                                     "fine-tune node: 0 = one per visible GPU (one on CPU); each process takes its own share "
                                     "of every epoch's batches.")
+    init_from: str = Field("", pattern=INIT_FROM_PATTERN,
+                           description="Warm start: continue training this registered version of model_name instead of "
+                                       "the base model: 'production', another alias, a version (3) or 'latest'; empty = "
+                                       "from the base. 'production' before there is one trains from the base. The "
+                                       "version must have this run's architecture, base model and LoRA settings.")
 
     @property
     def lora_target_list(self) -> tuple[str, ...]:
@@ -240,6 +247,8 @@ def _plain(error: dict) -> str:
         return f"must be one of {context.get('expected', '')}"
     if kind == "extra_forbidden":
         return "is not a parameter"
+    if kind == "string_pattern_mismatch" and error["loc"] and error["loc"][0] == "init_from":
+        return "must be a registry version (3, v3), 'latest' or an alias such as 'production'"
     if kind == "string_pattern_mismatch":
         return "may only hold letters, digits, '.', '_' and '-' and must start with a letter or digit"
     if kind == "string_too_short":

@@ -99,6 +99,14 @@ class DataFile(BaseModel):
     version: str  # GCS generation, or the local file's mtime in ns: changes whenever the content can have
 
 
+class WarmStart(BaseModel):
+    """The registered version a model continued training from (``init_from``, resolved by preflight)."""
+
+    model_name: str
+    version: int
+    uri: str
+
+
 class RunRecord(Record):
     """What the preflight step checked and fixed for this run: parameters, inputs, registry."""
 
@@ -111,6 +119,7 @@ class RunRecord(Record):
     base_model: str
     registry_root: str
     code: dict[str, Any]
+    warm_start: WarmStart | None = None  # init_from resolved to a version; None = from the base model
 
 
 # --- ingest -----------------------------------------------------------------------------
@@ -171,6 +180,7 @@ class ModelRecord(Record):
     max_length: int
     lora_r: int = 16
     training: dict[str, Any]  # the TrainParams it was trained with
+    warm_start: WarmStart | None = None  # the version training continued from; None = from the base model
     device: str = "cpu"
     train_rows: int = 0
     epochs: list[EpochRecord] = []
@@ -305,6 +315,7 @@ class Lineage(Record):
     parameters: dict[str, Any]
     data: dict[str, Any]
     base_model: BaseModelRef
+    warm_start: WarmStart | None = None
     blessing: Blessing
     reference_sample_rows: int
     code: dict[str, Any]

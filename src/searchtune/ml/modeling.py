@@ -190,6 +190,15 @@ def build_model(params: TrainParams, base_model: str, *, lexical_feature: bool =
     return model
 
 
+def warm_start_problems(record: records.ModelRecord, params: TrainParams, base_model: str) -> list[str]:
+    """How a saved model differs from a run in what a warm start must keep: architecture, base, LoRA settings."""
+    saved = {"architecture": record.architecture, "base model": base_model_of(record),
+             **(record.training if isinstance(record.training, dict) else {})}
+    wanted = {"architecture": params.architecture, "base model": base_model, **params.model_dump()}
+    return [f"{name} {saved[name]!r} vs {wanted[name]!r}" for name in ("architecture", "base model", "lora_r", "lora_alpha",
+            "lora_targets") if name in saved and saved[name] != wanted[name]]
+
+
 def warm_start(model: nn.Module, params: TrainParams, base_model: str, model_dir: str) -> None:
     """Copy a saved model's trained weights and head into a freshly built ``model``.
 
@@ -205,15 +214,7 @@ def warm_start(model: nn.Module, params: TrainParams, base_model: str, model_dir
     from safetensors.torch import load_file
 
     record = read_model_record(model_dir)
-    saved = record.training if isinstance(record.training, dict) else {}
-    problems = []
-    if record.architecture != params.architecture:
-        problems.append(f"architecture {record.architecture} vs {params.architecture}")
-    if base_model_of(record) != base_model:
-        problems.append(f"base model {base_model_of(record)} vs {base_model}")
-    for name in ("lora_r", "lora_alpha", "lora_targets"):
-        if name in saved and saved[name] != getattr(params, name):
-            problems.append(f"{name} {saved[name]!r} vs {getattr(params, name)!r}")
+    problems = warm_start_problems(record, params, base_model)
     if problems:
         raise SearchtuneError(f"cannot warm-start from {model_dir}: it differs from this run in " + "; ".join(problems))
     adapter_dir = Path(model_dir) / records.ADAPTER_DIR

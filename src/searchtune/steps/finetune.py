@@ -119,11 +119,12 @@ def batch_sampler(config: TrainParams, lengths, group: distributed.Group):
     return LengthGroupedBatches(lengths, config.batch_size, config.seed, group.rank, group.world_size)
 
 
-def prepare(tokenized_dir: str, config: TrainParams, group: distributed.Group | None = None) -> Training:
+def prepare(tokenized_dir: str, config: TrainParams, group: distributed.Group | None = None, init_dir: str = "") -> Training:
     """Open the tokenized splits and build the model, optimizer, scheduler and batch sampler.
 
     Args:
         group: this process's place among the data-parallel ranks (default: one process).
+        init_dir: a saved model to continue from (a warm start); '' = the base model with fresh adapters.
 
     Raises:
         SearchtuneError: the data was tokenized for another architecture, or is missing.
@@ -139,7 +140,7 @@ def prepare(tokenized_dir: str, config: TrainParams, group: distributed.Group | 
     tokenizer = modeling.load_tokenizer(str(tokenized / records.TOKENIZER_DIR))
     train = TokenizedSplit.open(tokenized / "train", config.architecture, config.max_train_rows, config.seed)
     validation = TokenizedSplit.open(tokenized / "validation", config.architecture)
-    model = modeling.build_model(config, base).to(device)
+    model = modeling.build_model(config, base, init_from=init_dir).to(device)
     if group.active:
         torch.manual_seed(config.seed + group.rank)  # same initial weights on every rank, different dropout masks
     trainable, total = modeling.count_parameters(model)
@@ -164,7 +165,8 @@ def prepare(tokenized_dir: str, config: TrainParams, group: distributed.Group | 
 
 
 def finetune(tokenized_dir: str, output_dir: str, config: TrainParams | None = None, checkpoint_uri: str = "",
-             group: distributed.Group | None = None) -> records.ModelRecord:
+             group: distributed.Group | None = None, warm_start: records.WarmStart | None = None,
+             init_dir: str = "") -> records.ModelRecord:
     """Run the fine-tune step (on this process; ``steps.finetune_launch.run`` starts several).
 
     Args:
@@ -173,13 +175,15 @@ def finetune(tokenized_dir: str, output_dir: str, config: TrainParams | None = N
         config: the training parameters (defaults: those of ``searchtune run``).
         checkpoint_uri: where to checkpoint and resume from ('' = no checkpoints).
         group: this process's data-parallel group (``ml.distributed.start``); default one process.
+        warm_start: the registered version training continues from (recorded with the model).
+        init_dir: that version's files (``steps.warm_start.fetch``); '' = start from the base model.
 
     Returns:
         The model record written to ``searchtune_model.json`` (base-model reference,
         training parameters, per-epoch metrics, best epoch).
     """
     config = config or TrainParams()
-    run = prepare(tokenized_dir, config, group)
+    run = prepare(tokenized_dir, config, group, init_dir)
     model, group = run.model, run.group
     checkpointer = Checkpointer(checkpoint_uri)
     history, best_auc, best_state, best_epoch, start_epoch, start_step, bad_epochs = [], -1.0, None, 0, 0, 0, 0
@@ -261,6 +265,7 @@ def finetune(tokenized_dir: str, output_dir: str, config: TrainParams | None = N
         max_length=run.max_length,
         lora_r=config.lora_r,
         training=config.model_dump(),
+        warm_start=warm_start,
         device=run.device.type,
         train_rows=len(run.train),
         epochs=history,

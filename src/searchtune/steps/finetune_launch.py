@@ -29,20 +29,27 @@ from searchtune.errors import SearchtuneError
 from searchtune.io import storage
 from searchtune.ml import distributed
 from searchtune.params import TrainParams
+from searchtune.steps import warm_start
 
 log = logging.getLogger(__name__)
 
 
-def torchrun_command(processes: int, tokenized_dir: str, output_dir: str, config: TrainParams, checkpoint_uri: str) -> list[str]:
+def torchrun_command(processes: int, tokenized_dir: str, output_dir: str, config: TrainParams, checkpoint_uri: str,
+                     registry_root: str = "", model_name: str = "") -> list[str]:
     """The torchrun command line that trains on ``processes`` local processes (a one-node rendezvous)."""
     changed = config.model_dump(exclude_defaults=True)
+    registry = ["--registry-root", registry_root, "--model-name", model_name] if config.init_from else []
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
             "-m", "searchtune.steps.finetune_launch", "--tokenized", tokenized_dir, "--output", output_dir,
-            "--checkpoint-uri", checkpoint_uri, *[f"--param={name}={value}" for name, value in changed.items()]]
+            "--checkpoint-uri", checkpoint_uri, *registry, *[f"--param={name}={value}" for name, value in changed.items()]]
 
 
-def run(tokenized_dir: str, output_dir: str, config: TrainParams | None = None, checkpoint_uri: str = "") -> records.ModelRecord:
+def run(tokenized_dir: str, output_dir: str, config: TrainParams | None = None, checkpoint_uri: str = "",
+        registry_root: str = "", model_name: str = "") -> records.ModelRecord:
     """Fine-tune on this node's processes (see the module docstring); the model record rank 0 wrote.
+
+    Args:
+        registry_root, model_name: where ``config.init_from``'s version is (a warm start).
 
     Raises:
         SearchtuneError: more processes than GPUs, or a training process failed.
@@ -52,8 +59,11 @@ def run(tokenized_dir: str, output_dir: str, config: TrainParams | None = None, 
     if processes <= 1 or distributed.launched_by_torchrun():
         from searchtune.steps import finetune
 
-        return finetune.finetune(tokenized_dir, output_dir, config, checkpoint_uri=checkpoint_uri)
-    command = torchrun_command(processes, tokenized_dir, output_dir, config, checkpoint_uri)
+        with tempfile.TemporaryDirectory(prefix="searchtune-init-") as temp:
+            start, init_dir = warm_start.fetch(registry_root, model_name, config.init_from, os.path.join(temp, "model"))
+            return finetune.finetune(tokenized_dir, output_dir, config, checkpoint_uri=checkpoint_uri,
+                                     warm_start=start, init_dir=init_dir)
+    command = torchrun_command(processes, tokenized_dir, output_dir, config, checkpoint_uri, registry_root, model_name)
     log.info("starting %d data-parallel training processes: %s", processes, " ".join(command[1:]))
     # torchrun sets one thread per process unless told otherwise; on CPU share the cores between the ranks.
     env = {**os.environ}
@@ -82,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "once per node)")
     parser.add_argument("--output", required=True, help="where rank 0 writes the model (local or gs://)")
     parser.add_argument("--checkpoint-uri", default="", help="where to checkpoint and resume from (local or gs://)")
+    parser.add_argument("--registry-root", default="", help="the registry of the version init_from names (a warm start)")
+    parser.add_argument("--model-name", default="", help="the model of the version init_from names")
     parser.add_argument("--param", type=_parameter, action="append", default=[], help="a TrainParams value, NAME=VALUE")
     return parser
 
@@ -104,8 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="searchtune-model-") as temp:
             tokenized = node_copy(args.tokenized, group)
+            start, init_dir = node_warm_start(args.registry_root, args.model_name, config.init_from, group)
             output = os.path.join(temp, "model") if storage.is_gcs(args.output) else args.output
-            finetune.finetune(tokenized, output, config, checkpoint_uri=args.checkpoint_uri, group=group)
+            finetune.finetune(tokenized, output, config, checkpoint_uri=args.checkpoint_uri, group=group,
+                              warm_start=start, init_dir=init_dir)
             if output != args.output and group.is_main:
                 storage.copy_tree(output, args.output)
     except SearchtuneError as error:
@@ -129,6 +143,20 @@ def node_copy(uri: str, group: distributed.Group) -> str:
         storage.copy_tree(uri, folder)
     group.barrier()
     return folder
+
+
+def node_warm_start(registry_root: str, model_name: str, version: str, group: distributed.Group):
+    """The version a warm start continues, fetched once per node by local rank 0: ``(record, folder)``."""
+    if not version:
+        return None, ""
+    key = hashlib.sha256(f"{registry_root}\0{model_name}\0{version}".encode()).hexdigest()[:16]
+    folder = os.path.join(tempfile.gettempdir(), "searchtune-init-" + key)
+    if group.local_rank == 0:
+        start, _ = warm_start.fetch(registry_root, model_name, version, folder)
+    group.barrier()
+    if group.local_rank != 0:
+        start, _ = warm_start.fetch(registry_root, model_name, version, folder)  # resolves; the files are there
+    return start, folder
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 It runs first and is never cached. It validates every run parameter (ranges, choices,
 the rules between them), proves the registry reachable and writable, resolves the base
-model and checks that the LoRA targets exist in it, and lists the input files with their
+model and ``init_from`` (the version a warm start continues, ``steps.warm_start``) and checks that the LoRA targets exist in it, and lists the input files with their
 versions. A bad run stops here in seconds with one line, not after training.
 
 The listing has a second job: ``data_version``, a digest of every input file's name,
@@ -23,6 +23,7 @@ from searchtune.io import storage
 from searchtune.ml import modeling
 from searchtune.params import RunParameters, TrainParams
 from searchtune.registry import ModelRegistry
+from searchtune.steps import warm_start
 from searchtune.steps.register import code_version
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,8 @@ def preflight(params: RunParameters, run_id: str, output_dir: str) -> records.Ru
 
     Raises:
         SearchtuneError: the registry is missing, unreachable or read-only, the base model
-            or a LoRA target cannot be found, or the data location holds no file.
+            or a LoRA target cannot be found, the data location holds no file, or
+            ``init_from`` names no version or one this run cannot continue.
     """
     if not params.registry_root:
         raise SearchtuneError("registry_root is empty: give the model registry, a local folder or gs://bucket/prefix")
@@ -96,9 +98,11 @@ def preflight(params: RunParameters, run_id: str, output_dir: str) -> records.Ru
     base = check_base_model(params.group(TrainParams))
     # With the model name, a broken or dangling production alias is caught here too, not at registration.
     ModelRegistry(params.registry_root).check_writable(params.model_name)
+    warm = warm_start.resolve(params.registry_root, params.model_name, params.group(TrainParams), base)
     record = records.RunRecord(
         run_id=run_id, started_at=records.now(), parameters=params.model_dump(), data_files=files,
         data_version=data_version(files), base_model=base, registry_root=params.registry_root, code=code_version(),
+        warm_start=warm,
     )
     record.write(output_dir)
     log.info("preflight: %d parameters valid; registry %s writable; base model %s; %d input file(s), %.1f MB, version %s",

@@ -77,6 +77,7 @@ def build_lineage(run: records.RunRecord, stats: records.IngestStats, model: rec
         data={"fingerprint": stats.fingerprint, "sources": stats.sources, "data_version": run.data_version,
               "files": [f.model_dump() for f in run.data_files], "splits": {k: v.model_dump() for k, v in stats.splits.items()}},
         base_model=model.base_model,
+        warm_start=model.warm_start,
         blessing=evaluation.blessing,
         reference_sample_rows=reference_rows,
         code=code_version(),
