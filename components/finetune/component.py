@@ -3,7 +3,9 @@
 It runs in the GPU image; the pipeline requests the accelerator (see
 ``searchtune.orchestration.cluster``). With more than one GPU in the pod (or
 ``processes_per_node`` > 1) the step runs under torchrun, one DDP process per GPU
-(``searchtune.steps.finetune_launch``).
+(``searchtune.steps.finetune_launch``). Compiled with ``--finetune-nodes N`` it starts a
+TrainJob or PyTorchJob on N nodes instead, waits for it and takes its model
+(``searchtune.orchestration.training_job``).
 """
 
 from kfp import dsl
@@ -59,6 +61,7 @@ def finetune(
 ):
     from searchtune import logs, params
     from searchtune.io import storage
+    from searchtune.orchestration import training_job
     from searchtune.steps import finetune_launch
 
     with logs.component_step("finetune"):
@@ -67,8 +70,15 @@ def finetune(
             checkpoint_uri = storage.join(checkpoint_root, run_id or "run")
         else:
             checkpoint_uri = model.uri + "-checkpoint" if storage.is_gcs(model.uri) else ""
-        record = finetune_launch.run(tokenized.path, model.path, config, checkpoint_uri=checkpoint_uri,
-                                     registry_root=registry_root, model_name=model_name)
+        job = training_job.spec_from_environment()  # set by `searchtune compile --finetune-nodes N`
+        if job is None:
+            record = finetune_launch.run(tokenized.path, model.path, config, checkpoint_uri=checkpoint_uri,
+                                         registry_root=registry_root, model_name=model_name)
+        else:
+            record = training_job.train(job, training_job.KubernetesJobs(job.kind, training_job.current_namespace()),
+                                        run_id=run_id, tokenized_uri=tokenized.uri, model_uri=model.uri,
+                                        model_dir=model.path, config=config, checkpoint_uri=checkpoint_uri,
+                                        registry_root=registry_root, model_name=model_name)
         model.metadata.update({"architecture": record.architecture, "base_model": record.base_model.name_or_path,
                                "best_validation_auc": record.best_validation_auc,
                                "init_version": record.warm_start.version if record.warm_start else 0})

@@ -3,7 +3,8 @@
 import argparse
 
 from searchtune.orchestration import images
-from searchtune.orchestration.cluster import ClusterSettings, parse_node_selector, parse_toleration
+from searchtune.orchestration.cluster import ClusterSettings
+from searchtune.orchestration.kube_values import parse_node_selector, parse_toleration
 
 
 def add_compile_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +38,16 @@ def add_compile_arguments(parser: argparse.ArgumentParser) -> None:
                        help="CPU request of the fine-tune task (default %(default)s)")
     group.add_argument("--finetune-memory", default=defaults.finetune_memory,
                        help="memory of the fine-tune task (default %(default)s)")
+    group.add_argument("--finetune-nodes", type=int, default=defaults.finetune_nodes,
+                       help="nodes to fine-tune on; above 1 the fine-tune task starts a training job of that many nodes "
+                            "with --gpu-count GPUs each and waits for it (Kubeflow only; default %(default)s)")
+    group.add_argument("--training-job-kind", default=defaults.training_job_kind, choices=["TrainJob", "PyTorchJob"],
+                       help="the multi-node job: TrainJob (Kubeflow Trainer) or PyTorchJob (Training Operator) "
+                            "(default %(default)s)")
+    group.add_argument("--training-runtime", default=defaults.training_runtime,
+                       help="the TrainJob's ClusterTrainingRuntime (default %(default)s)")
+    group.add_argument("--training-service-account", default=defaults.training_service_account,
+                       help="service account of the training job's pods, for bucket access (default %(default)s)")
     group.add_argument("--cpu-task-cpu", default=defaults.cpu_task_cpu,
                        help="CPU request of each CPU task (default %(default)s)")
     group.add_argument("--cpu-task-memory", default=defaults.cpu_task_memory,
@@ -66,4 +77,8 @@ def settings_from_args(args: argparse.Namespace, enable_caching: bool | None = N
         cpu_task_cpu=args.cpu_task_cpu,
         cpu_task_memory=args.cpu_task_memory,
         enable_caching=enable_caching,
+        finetune_nodes=args.finetune_nodes,
+        training_job_kind=args.training_job_kind,
+        training_runtime=args.training_runtime,
+        training_service_account=args.training_service_account,
     )

@@ -5,6 +5,8 @@ Kubernetes-specific is written into the compiled YAML here, through the KFP SDK
 (``set_accelerator_*``, ``set_retry``, ``set_container_image``) and ``kfp-kubernetes``
 (node selector, toleration, memory-backed ``/dev/shm``). Only the fine-tune task gets the
 GPU, the node placement and the shm mount: the CPU steps stay schedulable on any node.
+With ``finetune_nodes`` > 1 those go to the pods of a multi-node training job instead,
+which the fine-tune task starts and waits for (``orchestration.training_job``).
 
 ``kfp.local``'s SubprocessRunner ignores all of these settings (it runs every task in
 this Python environment), so the default ``ClusterSettings()`` is safe for local runs.
@@ -12,41 +14,28 @@ this Python environment), so the default ``ClusterSettings()`` is safe for local
 
 import dataclasses
 import logging
-import re
 from collections.abc import Sequence
 
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
 
 from searchtune.errors import SearchtuneError
-from searchtune.orchestration import images
+from searchtune.orchestration import images, training_job
+from searchtune.orchestration.kube_values import (
+    CPU_QUANTITY,
+    DURATION,
+    LABEL_VALUE,
+    MEMORY_QUANTITY,
+    Toleration,
+    check_label,
+    check_quantity,
+    check_toleration,
+)
 
 logger = logging.getLogger(__name__)
 
-TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 SHM_VOLUME_NAME = "dshm"
 SHM_MOUNT_PATH = "/dev/shm"
-
-# Kubernetes label keys: an optional DNS-subdomain prefix and a name of at most 63 chars.
-_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
-# The quantity forms KFP's set_cpu_*/set_memory_* accept.
-_CPU = re.compile(r"^[0-9]+(\.[0-9]+)?m?$")
-_MEMORY = re.compile(r"^[0-9]+(\.[0-9]+)?(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?$")
-_DURATION = re.compile(r"^[0-9]+(s|m|h)$")
-
-
-@dataclasses.dataclass(frozen=True)
-class Toleration:
-    """A Kubernetes toleration: ``key=value:effect`` (operator Equal) or ``key:effect`` (Exists)."""
-
-    key: str
-    effect: str
-    value: str | None = None
-
-    @property
-    def operator(self) -> str:
-        return "Exists" if self.value is None else "Equal"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +64,13 @@ class ClusterSettings:
         cpu_task_memory: Memory request and limit of each CPU task.
         enable_caching: None keeps KFP's default (cache on); False turns caching off on
             every task, as scheduled retraining must see new data every time.
+        finetune_nodes: Nodes the fine-tune step trains on. Above 1 the fine-tune task holds
+            no GPU: it starts a training job on that many nodes of ``gpu_count`` GPUs each,
+            with this task's image, placement and /dev/shm, and waits for it
+            (``orchestration.training_job``; Kubeflow only, not Vertex AI).
+        training_job_kind: ``TrainJob`` (Kubeflow Trainer) or ``PyTorchJob`` (Training Operator).
+        training_runtime: The TrainJob's ClusterTrainingRuntime.
+        training_service_account: The service account of the job's pods (bucket access).
     """
 
     image_prefix: str | None = None
@@ -93,6 +89,10 @@ class ClusterSettings:
     cpu_task_cpu: str | None = "1"
     cpu_task_memory: str | None = "4Gi"
     enable_caching: bool | None = None
+    finetune_nodes: int = 1
+    training_job_kind: str = "TrainJob"
+    training_runtime: str = "torch-distributed"
+    training_service_account: str = "searchtune"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tolerations", tuple(self.tolerations))
@@ -103,16 +103,28 @@ class ClusterSettings:
         if not self.accelerator_type.strip():
             raise SearchtuneError("--accelerator-type must not be empty")
         for key, value in self.node_selector.items():
-            _check_label(key, value)
+            check_label(key, value)
         for toleration in self.tolerations:
-            _check_toleration(toleration)
+            check_toleration(toleration)
         for name in ("finetune_cpu", "cpu_task_cpu"):
-            _check_quantity(name, getattr(self, name), _CPU)
+            check_quantity(name, getattr(self, name), CPU_QUANTITY)
         for name in ("finetune_memory", "cpu_task_memory", "shm_size"):
-            _check_quantity(name, getattr(self, name), _MEMORY)
+            check_quantity(name, getattr(self, name), MEMORY_QUANTITY)
         for name in ("retry_backoff", "retry_backoff_max"):
-            if not _DURATION.match(getattr(self, name)):
+            if not DURATION.match(getattr(self, name)):
                 raise SearchtuneError(f"{name} must look like 60s, 5m or 1h, got {getattr(self, name)!r}")
+        if self.finetune_nodes < 1:
+            raise SearchtuneError(f"--finetune-nodes must be 1 or more, got {self.finetune_nodes}")
+        if self.training_job_kind not in training_job.API:
+            raise SearchtuneError(f"--training-job-kind must be one of {', '.join(training_job.API)}, "
+                                  f"got {self.training_job_kind!r}")
+        if self.finetune_nodes > 1 and "/" not in self.accelerator_type:
+            raise SearchtuneError(f"--finetune-nodes {self.finetune_nodes} starts a Kubernetes training job, which needs a "
+                                  f"Kubernetes resource name as --accelerator-type (nvidia.com/gpu), not "
+                                  f"{self.accelerator_type!r}; Vertex AI Pipelines cannot start one")
+        for name in ("training_runtime", "training_service_account"):
+            if not LABEL_VALUE.match(getattr(self, name)) or not getattr(self, name):
+                raise SearchtuneError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is not a Kubernetes name")
         for name in ("image_prefix", "image_tag"):
             value = getattr(self, name)
             if value is not None and (not value.strip() or any(c.isspace() for c in value)):
@@ -132,29 +144,6 @@ class ClusterSettings:
         if self.image_prefix is None and self.image_tag is None:
             return default
         return images.image(name, self.image_prefix or images.IMAGE_PREFIX, self.image_tag or images.IMAGE_TAG)
-
-
-def _check_label(key: str, value: str) -> None:
-    if not _LABEL_KEY.match(key) or len(key) > 317:
-        raise SearchtuneError(f"node selector key {key!r} is not a Kubernetes label key")
-    if not _LABEL_VALUE.match(value):
-        raise SearchtuneError(f"node selector value {value!r} (key {key!r}) is not a Kubernetes label value")
-
-
-def _check_toleration(toleration: Toleration) -> None:
-    if not _LABEL_KEY.match(toleration.key):
-        raise SearchtuneError(f"toleration key {toleration.key!r} is not a Kubernetes taint key")
-    if toleration.effect not in TOLERATION_EFFECTS:
-        raise SearchtuneError(
-            f"toleration effect {toleration.effect!r} (key {toleration.key!r}) must be one of {', '.join(TOLERATION_EFFECTS)}"
-        )
-    if toleration.value is not None and not _LABEL_VALUE.match(toleration.value):
-        raise SearchtuneError(f"toleration value {toleration.value!r} (key {toleration.key!r}) is not a taint value")
-
-
-def _check_quantity(name: str, value: str | None, pattern: re.Pattern) -> None:
-    if value is not None and not pattern.match(value):
-        raise SearchtuneError(f"{name} {value!r} is not a Kubernetes quantity (e.g. 4, 500m, 16Gi)")
 
 
 def configure_tasks(
@@ -181,6 +170,9 @@ def configure_tasks(
     task = finetune_task
     if custom_images:
         task.set_container_image(settings.gpu_image)
+    if settings.finetune_nodes > 1:
+        _configure_job_launcher(task, settings)
+        return
     _set_resources(task, settings.finetune_cpu, settings.finetune_memory)
     if settings.gpu_count:
         task.set_accelerator_type(settings.accelerator_type)
@@ -217,6 +209,30 @@ def configure_tasks(
     )
 
 
+def training_job_spec(settings: ClusterSettings) -> training_job.TrainingJobSpec:
+    """The multi-node training job these settings describe: the fine-tune pod's resources, on each node."""
+    return training_job.TrainingJobSpec(
+        kind=settings.training_job_kind, nodes=settings.finetune_nodes, gpus_per_node=settings.gpu_count,
+        image=settings.gpu_image, accelerator=settings.accelerator_type, cpu=settings.finetune_cpu,
+        memory=settings.finetune_memory, shm_size=settings.shm_size, node_selector=dict(settings.node_selector),
+        tolerations=tuple({"key": t.key, "operator": t.operator, **({"value": t.value} if t.value is not None else {}),
+                           "effect": t.effect} for t in settings.tolerations),
+        service_account=settings.training_service_account, runtime=settings.training_runtime,
+        backoff_limit=settings.retries,
+    )
+
+
+def _configure_job_launcher(task: PipelineTask, settings: ClusterSettings) -> None:
+    """The fine-tune task as the launcher of a multi-node job: CPU resources, the job's description in its environment."""
+    _set_resources(task, settings.cpu_task_cpu, settings.cpu_task_memory)
+    task.set_env_variable(training_job.ENV_VARIABLE, training_job_spec(settings).to_json())
+    # A retried launcher finds its job by name and waits again; the job's pods resume from their checkpoints.
+    _set_retry(task, settings.retries, settings)
+    _set_caching(task, settings.enable_caching)
+    logger.debug("fine-tune starts a %s on %d nodes x %d %s", settings.training_job_kind, settings.finetune_nodes,
+                 settings.gpu_count, settings.accelerator_type)
+
+
 def _set_resources(task: PipelineTask, cpu: str | None, memory: str | None) -> None:
     if cpu is not None:
         task.set_cpu_request(cpu)
@@ -239,33 +255,3 @@ def _set_retry(task: PipelineTask, retries: int, settings: ClusterSettings) -> N
 def _set_caching(task: PipelineTask, enable_caching: bool | None) -> None:
     if enable_caching is not None:
         task.set_caching_options(enable_caching)
-
-
-def parse_node_selector(text: str) -> tuple[str, str]:
-    """Parse ``KEY=VALUE`` into a (key, value) pair.
-
-    Args:
-        text: The option's value, e.g. ``cloud.google.com/gke-accelerator=nvidia-l4``.
-    """
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise SearchtuneError(f"--node-selector {text!r}: expected KEY=VALUE")
-    _check_label(key, value)
-    return key, value
-
-
-def parse_toleration(text: str) -> Toleration:
-    """Parse ``KEY[=VALUE]:EFFECT`` into a Toleration (``Equal`` with a value, else ``Exists``).
-
-    Args:
-        text: The option's value, e.g. ``nvidia.com/gpu=present:NoSchedule`` or
-            ``cloud.google.com/gke-spot:NoSchedule``.
-    """
-    head, sep, effect = text.rpartition(":")
-    if not sep or not head:
-        raise SearchtuneError(f"--toleration {text!r}: expected KEY[=VALUE]:EFFECT with EFFECT one of "
-                              f"{', '.join(TOLERATION_EFFECTS)}")
-    key, has_value, value = head.partition("=")
-    toleration = Toleration(key=key, effect=effect, value=value if has_value else None)
-    _check_toleration(toleration)
-    return toleration
