@@ -63,6 +63,7 @@ BAD_PARAMETERS = [
     (["--text-columns", " , "], "text_columns names no column"),
     (["--positive-threshold", "7"], "positive_threshold 7 must lie in"),
     (["--label-min", "3", "--label-max", "1"], "label_min 3 must be below label_max 1"),
+    (["--init-from", "../model"], "--init-from '../model': must be a registry version (3, v3), 'latest' or an alias"),
 ]
 
 
@@ -97,6 +98,9 @@ def test_what_only_the_preflight_step_can_see_stops_the_run_in_its_first_step(se
         (["--base-model", str(tmp_path / "no-such-model")], "no-such-model"),
         (["--lora-targets", "query,attention_everything"], "lora_targets attention_everything name no module"),
         (["--data", str(tmp_path / "nothing-here" / "*.parquet")], "no files found"),
+        (["--init-from", "7"], "init_from='7': model 'searchtune-relevance' has no version 7; available: v1"),
+        # The seeded version is no searchtune model (no searchtune_model.json): it cannot be continued.
+        (["--init-from", "production"], "init_from='production': "),
     ]
     before = tree_digest(seeded_registry)
     for args, message in cases:

@@ -56,6 +56,9 @@ RECIPES = {
     "pairwise_attention_only": _recipe("pairwise_attention_only", lora_targets="query,key,value",
                                        loss=LossWeights(bce=1.0, pairwise=1.0)),
     "pairwise_normalized": _recipe("pairwise_normalized", text_transform="normalize", loss=LossWeights(bce=1.0, pairwise=1.0)),
+    # Today's recipe with one change each: normalised text; in-batch negatives (MultipleNegativesRankingLoss-like).
+    "bce_normalized": _recipe("bce_normalized", sampler="random", text_transform="normalize"),
+    "bce_contrastive": _recipe("bce_contrastive", sampler="random", loss=LossWeights(bce=1.0, contrastive=0.2)),
 }
 
 

@@ -66,7 +66,7 @@ from searchtune.steps.ingest_rows import (  # noqa: F401  (re-exported: the step
     DEFAULT_FRACTIONS,
     TEXT_SEPARATOR,
     SplitFractions,
-    _as_text,
+    as_text,
     clean_text,
     clean_text_series,
     group_position,
@@ -106,7 +106,7 @@ class Rejects:
     def add(self, source: str, raw: pa.Table | None, rows: np.ndarray, positions: np.ndarray, reasons: list[str]) -> None:
         if not len(reasons):
             return
-        values = {c: _as_text(raw.column(c)).take(pa.array(rows)) if raw is not None else pa.array([""] * len(reasons))
+        values = {c: as_text(raw.column(c)).take(pa.array(rows)) if raw is not None else pa.array([""] * len(reasons))
                   for c in self.columns}
         self.writer.write_table(pa.table({**values, "source": pa.array([source] * len(reasons), pa.string()),
                                           "source_row": pa.array(positions, pa.int64()), "reason": pa.array(reasons, pa.string())},

@@ -49,7 +49,7 @@ DEFAULT_FRACTIONS = SplitFractions()  # 80/10/10 of the queries
 
 
 # --------------------------------------------------------------------------- validation
-def _as_text(values: pa.Array) -> pa.Array:
+def as_text(values: pa.Array) -> pa.Array:
     """Any Arrow column as strings, nulls as ''."""
     values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
     kind = values.type
@@ -65,7 +65,7 @@ def _as_text(values: pa.Array) -> pa.Array:
 
 def clean_text(values: pa.Array) -> pa.Array:
     """Whitespace runs collapsed to one space, trimmed; 'nan'/'none'/'null' (any case) become ''."""
-    text = _as_text(values)
+    text = as_text(values)
     # The Unicode-aware replace costs ~1.3 us a row; a match finds the few rows that need it ~10x faster.
     messy = pc.match_substring_regex(text, MESSY_WHITESPACE)
     if pc.any(messy).as_py():
@@ -97,7 +97,7 @@ def parse_grade(values: pa.Array) -> pa.Array:
     if pa.types.is_integer(values.type) or pa.types.is_floating(values.type) or pa.types.is_boolean(values.type):
         grade = values.cast(pa.float64())
     else:
-        text = pc.utf8_trim_whitespace(_as_text(values))
+        text = pc.utf8_trim_whitespace(as_text(values))
         grade = pc.if_else(pc.match_substring_regex(text, NUMBER), text, pa.scalar(None, pa.string())).cast(pa.float64())
     return pc.if_else(pc.is_finite(grade), grade, pa.scalar(None, pa.float64()))
 
@@ -159,7 +159,7 @@ def validate(raw: pa.Table, params: IngestParams, fractions: SplitFractions = DE
         new = np.nonzero(mask & ~bad)[0]
         if len(new):
             if label_text is None:
-                label_text = _as_text(raw.column(params.label_column)).to_pylist()
+                label_text = as_text(raw.column(params.label_column)).to_pylist()
             reasons[new] = [why(i) for i in new]
             bad[new] = True
     good = np.nonzero(~bad)[0]

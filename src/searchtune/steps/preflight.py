@@ -97,8 +97,9 @@ def preflight(params: RunParameters, run_id: str, output_dir: str) -> records.Ru
         storage.expand(params.catalog)  # a catalog location with no file fails here, not after training
     base = check_base_model(params.group(TrainParams))
     # With the model name, a broken or dangling production alias is caught here too, not at registration.
-    ModelRegistry(params.registry_root).check_writable(params.model_name)
+    # Read-only, so a bad init_from leaves a registry that does not exist yet uncreated too.
     warm = warm_start.resolve(params.registry_root, params.model_name, params.group(TrainParams), base)
+    ModelRegistry(params.registry_root).check_writable(params.model_name)
     record = records.RunRecord(
         run_id=run_id, started_at=records.now(), parameters=params.model_dump(), data_files=files,
         data_version=data_version(files), base_model=base, registry_root=params.registry_root, code=code_version(),
