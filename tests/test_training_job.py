@@ -15,6 +15,7 @@
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ from kubernetes.client.exceptions import ApiException
 from searchtune import records
 from searchtune.errors import SearchtuneError
 from searchtune.io import storage
-from searchtune.orchestration import cluster, images, training_job
+from searchtune.orchestration import cluster, images, kubernetes_jobs, training_job
 from searchtune.orchestration.cluster import ClusterSettings, Toleration
 from searchtune.params import TrainParams
 
@@ -64,7 +65,7 @@ def test_every_job_the_pipeline_can_create_validates(kind, settings):
     arguments = training_job.rank_arguments("gs://b/tok", "gs://b/model-job", "gs://b/ckpt", config, "gs://b/registry", "m")
     assert "--param=processes_per_node=2" not in arguments, "the job's pods start one rank per GPU themselves"
     assert {"--registry-root=gs://b/registry", "--model-name=m", "--param=init_from=7"} <= set(arguments)
-    job = training_job.manifest(spec, training_job.job_name("searchtune-retraining-20261207"), arguments)
+    job = training_job.manifest(spec, training_job.job_name("gs://b/root/run-1/finetune/model"), arguments)
     validate(job)
     text = json.dumps(job)
     assert ('"Worker"' in text) == (kind == "PyTorchJob")
@@ -74,10 +75,12 @@ def test_every_job_the_pipeline_can_create_validates(kind, settings):
         validate(broken)
 
 
-def test_job_names_are_kubernetes_names_and_stable_per_run():
-    name = training_job.job_name("searchtune-retraining-" + "x" * 200)
-    assert name == training_job.job_name("searchtune-retraining-" + "x" * 200) and len(name) <= 40
-    assert name != training_job.job_name("another-run")
+def test_job_names_are_kubernetes_names_stable_per_task_and_distinct_per_run():
+    uri = "gs://b/pipeline-root/searchtune-retraining/" + "x" * 200 + "/finetune/model"
+    name = training_job.job_name(uri)
+    assert name == training_job.job_name(uri) and len(name) <= 40
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name)
+    assert name != training_job.job_name(uri.replace("x" * 200, "y" * 200))
 
 
 def compiled_finetune(tmp_path, settings: ClusterSettings) -> tuple[dict, dict]:
@@ -106,6 +109,8 @@ def test_finetune_nodes_compile_a_launcher_that_holds_no_gpu(tmp_path):
     ({"finetune_nodes": 2, "training_job_kind": "MPIJob"}, "--training-job-kind must be one of TrainJob, PyTorchJob"),
     ({"finetune_nodes": 2, "accelerator_type": "NVIDIA_H100_80GB"}, "Vertex AI Pipelines cannot start one"),
     ({"finetune_nodes": 2, "training_runtime": "Torch Distributed"}, "--training-runtime 'Torch Distributed' is not"),
+    ({"finetune_nodes": 2, "training_service_account": "Search_Tune"}, "--training-service-account 'Search_Tune' is not a "
+                                                                        "Kubernetes object name"),
 ])
 def test_bad_multinode_settings_are_refused_at_compile_time(settings, message):
     with pytest.raises(SearchtuneError, match=message):
@@ -159,6 +164,8 @@ class OneNodeCluster:
         self.created += 1
 
     def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        if name not in self.jobs:
+            raise ApiException(status=404, reason="Not Found")
         job = self.jobs[name]
         returncode = job["process"].poll()
         done = "Complete" if job["body"]["kind"] == "TrainJob" else "Succeeded"
@@ -171,6 +178,8 @@ class OneNodeCluster:
         return {**job["body"], "status": {"conditions": conditions}}
 
     def delete_namespaced_custom_object(self, group, version, namespace, plural, name):
+        if name not in self.jobs:
+            raise ApiException(status=404, reason="Not Found")
         self.jobs.pop(name)["process"].wait()
 
 
@@ -197,32 +206,80 @@ def test_the_launcher_creates_the_job_waits_and_takes_its_model(kind, tokenized_
     api = OneNodeCluster(tmp_path)
     jobs = training_job.KubernetesJobs(kind, "ml-search", api=api)
     config = TrainParams(max_length=24, epochs=1, max_train_rows=64, batch_size=16, seed=5)
-    run = {"run_id": f"run-{kind}", "tokenized_uri": f"{bucket}/pipeline-root/run/tokenize/tokenized",
-           "model_uri": f"{bucket}/pipeline-root/run/{kind}/finetune/model", "config": config,
-           "checkpoint_uri": f"{bucket}/checkpoints/{kind}", "poll_seconds": 0.2}
+    run = {"tokenized_uri": f"{bucket}/pipeline-root/run/tokenize/tokenized", "model_uri": f"{bucket}/pipeline-root/run-1/{kind}/model",
+           "config": config, "checkpoint_uri": f"{bucket}/checkpoints/{kind}", "poll_seconds": 0.2}
     record = training_job.train(spec, jobs, model_dir=str(tmp_path / "model"), **run)
     assert record.train_rows == 64 and record.training["seed"] == 5
     assert records.ModelRecord.read(str(tmp_path / "model")) == record
-    assert storage.exists(f"{run['model_uri']}-job/{records.ModelRecord.FILE}"), "rank 0 wrote to the job's output"
     assert api.jobs == {}, "a finished job is deleted"
+    assert storage.list_prefix(f"{run['model_uri']}-job") == [], "and so is the model it wrote, now in the artifact"
+    if kind == "PyTorchJob":
+        return  # what follows does not depend on the kind
 
     # A retried launcher (its pod preempted while it waited) finds the job and waits for it instead of starting another.
-    api.create_namespaced_custom_object(*training_job.API[kind][:2], "ml-search", training_job.API[kind][2],
-                                        training_job.manifest(spec, training_job.job_name("run-retried"),
-                                                              training_job.rank_arguments(
-                                                                  run["tokenized_uri"], f"{bucket}/retried/model-job",
-                                                                  f"{bucket}/retried/ckpt", config)))
-    again = training_job.train(spec, jobs, **{**run, "run_id": "run-retried", "model_uri": f"{bucket}/retried/model",
-                                              "checkpoint_uri": f"{bucket}/retried/ckpt"}, model_dir=str(tmp_path / "again"))
+    retried = {**run, "model_uri": f"{bucket}/pipeline-root/run-2/{kind}/model", "checkpoint_uri": f"{bucket}/retried/ckpt"}
+    api.create_namespaced_custom_object(*training_job.API[kind][:2], "ml-search", training_job.API[kind][2], training_job.manifest(
+        spec, training_job.job_name(retried["model_uri"]),
+        training_job.rank_arguments(run["tokenized_uri"], retried["model_uri"] + "-job", retried["checkpoint_uri"], config)))
+    again = training_job.train(spec, jobs, **retried, model_dir=str(tmp_path / "again"))
     assert api.created == 2 and again.train_rows == 64
 
-    # A failing job fails the step, naming the job, and is kept for kubectl.
+    # A failing job fails the step, naming the job, and is kept for kubectl ...
+    bad = {**run, "model_uri": f"{bucket}/pipeline-root/run-3/{kind}/model", "tokenized_uri": f"{bucket}/not-yet-tokenized"}
     with pytest.raises(SearchtuneError, match=rf"{kind} searchtune-ft-\w+ failed: JobsFailed: exit code 1.*kept for "
                                               rf"`kubectl describe {kind.lower()}"):
-        training_job.train(spec, jobs, **{**run, "run_id": "run-bad", "tokenized_uri": f"{bucket}/no-such-folder"},
-                           model_dir=str(tmp_path / "bad"))
-    assert list(api.jobs) == [training_job.job_name("run-bad")]
+        training_job.train(spec, jobs, **bad, model_dir=str(tmp_path / "bad"))
+    assert list(api.jobs) == [training_job.job_name(bad["model_uri"])]
     assert not (tmp_path / "bad").exists()
+    # ... until a retry of the step replaces it with a new job (here: the data is there now).
+    storage.copy_tree(run["tokenized_uri"], f"{bucket}/not-yet-tokenized")
+    fixed = training_job.train(spec, jobs, **bad, model_dir=str(tmp_path / "fixed"))
+    assert api.created == 4 and fixed.train_rows == 64 and api.jobs == {}
+
+
+class FlakyAPI(OneNodeCluster):
+    """The API server answering some reads with the passing failures of a busy control plane."""
+
+    def __init__(self, workdir: Path, failures: list[int]):
+        super().__init__(workdir)
+        self.failures = failures
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        if self.failures:
+            raise ApiException(status=self.failures.pop(0), reason="Unavailable")
+        return super().get_namespaced_custom_object(group, version, namespace, plural, name)
+
+
+def test_passing_api_failures_are_retried_and_the_rest_are_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(kubernetes_jobs.time, "sleep", lambda seconds: None)  # the back-off, not the behaviour
+    api = FlakyAPI(tmp_path, [503, 429, 500])
+    api.jobs["j"] = {"body": {"kind": "TrainJob"}, "process": subprocess.Popen([sys.executable, "-c", "pass"])}
+    api.jobs["j"]["process"].wait()
+    jobs = training_job.KubernetesJobs("TrainJob", "ml-search", api=api)
+    assert training_job.job_state(jobs.get("j")).succeeded and api.failures == []
+    with pytest.raises(SearchtuneError, match=r"^cannot read TrainJob gone in namespace ml-search: 404 Not Found "
+                                              r"\(deleted by someone else\?\)$"):
+        training_job.KubernetesJobs("TrainJob", "ml-search", api=_Refusing(404)).get("gone")
+    with pytest.raises(SearchtuneError, match=r"403 Forbidden: trainjobs is forbidden.*manifests/base/rbac.yaml"):
+        training_job.KubernetesJobs("TrainJob", "ml-search", api=_Refusing(403)).create_or_attach({"metadata": {"name": "x"}})
+    assert training_job.KubernetesJobs("TrainJob", "ml-search", api=_Refusing(403)).delete("x") is False  # warned, not fatal
+
+
+class _Refusing:
+    """An API server that answers every call with one HTTP error and its Status body."""
+
+    def __init__(self, status: int):
+        self.status = status
+
+    def _refuse(self, *args, **kwargs):
+        reason = {403: "Forbidden", 404: "Not Found"}[self.status]
+        error = ApiException(status=self.status, reason=reason)
+        if self.status == 403:
+            error.body = json.dumps({"kind": "Status", "message": 'trainjobs is forbidden: User "system:serviceaccount:x" '
+                                                                    "cannot create resource"})
+        raise error
+
+    create_namespaced_custom_object = get_namespaced_custom_object = delete_namespaced_custom_object = _refuse
 
 
 def test_the_pipeline_runner_may_create_watch_and_delete_both_kinds_of_job():
@@ -239,8 +296,11 @@ def test_multinode_training_refuses_locations_the_nodes_cannot_reach(tmp_path):
     jobs = training_job.KubernetesJobs("TrainJob", "ml-search", api=OneNodeCluster(tmp_path))
     with pytest.raises(SearchtuneError, match=r"needs the tokenized data in gs://, where every node reaches it; it is at "
                                               r"s3://minio/pipeline-root/tokenized"):
-        training_job.train(spec, jobs, run_id="r", tokenized_uri="s3://minio/pipeline-root/tokenized", model_uri="gs://b/model",
+        training_job.train(spec, jobs, tokenized_uri="s3://minio/pipeline-root/tokenized", model_uri="gs://b/model",
                            model_dir=str(tmp_path / "model"), config=TrainParams(), checkpoint_uri="gs://b/ckpt")
     with pytest.raises(SearchtuneError, match=r"needs the checkpoints in gs://.*it is at \(nowhere\)"):
-        training_job.train(spec, jobs, run_id="r", tokenized_uri="gs://b/tok", model_uri="gs://b/model",
+        training_job.train(spec, jobs, tokenized_uri="gs://b/tok", model_uri="gs://b/model",
                            model_dir=str(tmp_path / "model"), config=TrainParams(), checkpoint_uri="")
+    with pytest.raises(SearchtuneError, match=r"needs the registry init_from reads in gs://.*it is at /srv/registry"):
+        training_job.train(spec, jobs, tokenized_uri="gs://b/tok", model_uri="gs://b/model", model_dir=str(tmp_path / "model"),
+                           config=TrainParams(init_from="3"), checkpoint_uri="gs://b/ckpt", registry_root="/srv/registry")

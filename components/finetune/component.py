@@ -24,7 +24,7 @@ from searchtune.params import TrainParams, documented
     model_name="the model init_from's version belongs to.",
     checkpoint_root="where to checkpoint (local or gs://); '' = next to the model output when that is on GCS "
                     "(so a retried pod resumes), otherwise no checkpoints.",
-    run_id="the pipeline run, names the checkpoint folder.",
+    run_id="the pipeline run, names the checkpoint folder (with a digest of this task's model URI).",
     model="adapter (safetensors), head, tokenizer and searchtune_model.json.",
     metrics="validation AUC, epochs run, throughput.",
 )
@@ -59,6 +59,8 @@ def finetune(
     model: Output[Model],
     metrics: Output[Metrics],
 ):
+    import hashlib
+
     from searchtune import logs, params
     from searchtune.io import storage
     from searchtune.orchestration import training_job
@@ -67,7 +69,10 @@ def finetune(
     with logs.component_step("finetune"):
         config = params.parse(params.TrainParams, params.select(params.TrainParams, locals()))
         if checkpoint_root:
-            checkpoint_uri = storage.join(checkpoint_root, run_id or "run")
+            # The artifact URI is the same for every retry of this task and differs between runs, also
+            # between runs of the same display name (a schedule's): a retry resumes, a new run never does.
+            task_key = hashlib.sha256(model.uri.encode()).hexdigest()[:12]
+            checkpoint_uri = storage.join(checkpoint_root, f"{run_id or 'run'}-{task_key}")
         else:
             checkpoint_uri = model.uri + "-checkpoint" if storage.is_gcs(model.uri) else ""
         job = training_job.spec_from_environment()  # set by `searchtune compile --finetune-nodes N`
@@ -76,7 +81,7 @@ def finetune(
                                          registry_root=registry_root, model_name=model_name)
         else:
             record = training_job.train(job, training_job.KubernetesJobs(job.kind, training_job.current_namespace()),
-                                        run_id=run_id, tokenized_uri=tokenized.uri, model_uri=model.uri,
+                                        tokenized_uri=tokenized.uri, model_uri=model.uri,
                                         model_dir=model.path, config=config, checkpoint_uri=checkpoint_uri,
                                         registry_root=registry_root, model_name=model_name)
         model.metadata.update({"architecture": record.architecture, "base_model": record.base_model.name_or_path,

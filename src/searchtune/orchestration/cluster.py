@@ -8,8 +8,9 @@ GPU, the node placement and the shm mount: the CPU steps stay schedulable on any
 With ``finetune_nodes`` > 1 those go to the pods of a multi-node training job instead,
 which the fine-tune task starts and waits for (``orchestration.training_job``).
 
-``kfp.local``'s SubprocessRunner ignores all of these settings (it runs every task in
-this Python environment), so the default ``ClusterSettings()`` is safe for local runs.
+``kfp.local``'s SubprocessRunner ignores these settings except environment variables (it
+runs every task in this Python environment), so the default ``ClusterSettings()`` is safe
+for local runs; ``searchtune run`` always uses it (one node, no training job).
 """
 
 import dataclasses
@@ -24,7 +25,7 @@ from searchtune.orchestration import images, training_job
 from searchtune.orchestration.kube_values import (
     CPU_QUANTITY,
     DURATION,
-    LABEL_VALUE,
+    OBJECT_NAME,
     MEMORY_QUANTITY,
     Toleration,
     check_label,
@@ -123,8 +124,9 @@ class ClusterSettings:
                                   f"Kubernetes resource name as --accelerator-type (nvidia.com/gpu), not "
                                   f"{self.accelerator_type!r}; Vertex AI Pipelines cannot start one")
         for name in ("training_runtime", "training_service_account"):
-            if not LABEL_VALUE.match(getattr(self, name)) or not getattr(self, name):
-                raise SearchtuneError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is not a Kubernetes name")
+            if not OBJECT_NAME.match(getattr(self, name)):
+                raise SearchtuneError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is not a Kubernetes object name "
+                                      "(lower-case letters, digits, '-' and '.')")
         for name in ("image_prefix", "image_tag"):
             value = getattr(self, name)
             if value is not None and (not value.strip() or any(c.isspace() for c in value)):

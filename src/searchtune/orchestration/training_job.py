@@ -9,9 +9,13 @@ are the same as for one node. The job's description (image, nodes, GPUs, placeme
 fixed at compile time and reaches the task as ``SEARCHTUNE_TRAINING_JOB`` (JSON).
 
 A retried fine-tune task (its pod preempted while it waited) finds the job by its name,
-derived from the run id, and waits for it again instead of starting a second one; the
-job's own pods resume from the checkpoints. A finished job is deleted; a failed one is
-kept for ``kubectl describe`` and its pods' logs, and the step fails naming it.
+derived from the task's model artifact URI (the same for every retry of one task, never
+the same for two runs), and waits for it again instead of starting a second one; the
+job's own pods resume from the checkpoints. A finished job is deleted, and so is the copy
+of the model it wrote. A failed one is kept for ``kubectl describe`` and its pods' logs,
+and the step fails naming it; a retry of the step replaces it with a new job, which
+resumes from the checkpoints. The Kubernetes API's passing failures (429, 5xx, a dropped
+connection) are retried while waiting.
 
 The manifests in ``manifests/training/`` are this module's output for the example
 settings (``tests/test_training_job.py`` checks they agree).
@@ -23,22 +27,22 @@ import json
 import logging
 import os
 import time
-from typing import Any, Literal
+from typing import Any
 
 from searchtune import records
 from searchtune.errors import SearchtuneError
 from searchtune.io import storage
+from searchtune.orchestration.kubernetes_jobs import API, JobKind, JobState, KubernetesJobs, current_namespace, job_state
 from searchtune.params import TrainParams
+
+__all__ = ["API", "ENV_VARIABLE", "JobState", "KubernetesJobs", "TrainingJobSpec", "current_namespace", "job_name", "job_state",
+           "manifest", "rank_arguments", "spec_from_environment", "train"]
 
 log = logging.getLogger(__name__)
 
 ENV_VARIABLE = "SEARCHTUNE_TRAINING_JOB"
 ENTRY_POINT = "searchtune.steps.finetune_launch"
 MANAGER = "searchtune"
-NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-JobKind = Literal["TrainJob", "PyTorchJob"]
-# group, version, plural of each kind in the Kubernetes API
-API = {"TrainJob": ("trainer.kubeflow.org", "v1alpha1", "trainjobs"), "PyTorchJob": ("kubeflow.org", "v1", "pytorchjobs")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,9 +78,9 @@ def spec_from_environment() -> TrainingJobSpec | None:
     return TrainingJobSpec.from_json(text) if text else None
 
 
-def job_name(run_id: str) -> str:
-    """A Kubernetes name (DNS label, room for the pods' suffixes) that is the same for every retry of a run's task."""
-    return "searchtune-ft-" + hashlib.sha256(run_id.encode()).hexdigest()[:12]
+def job_name(model_uri: str) -> str:
+    """A Kubernetes name (DNS label, room for the pods' suffixes), the same for every retry of one fine-tune task."""
+    return "searchtune-ft-" + hashlib.sha256(model_uri.encode()).hexdigest()[:12]
 
 
 def rank_arguments(tokenized_uri: str, output_uri: str, checkpoint_uri: str, config: TrainParams,
@@ -117,17 +121,20 @@ def _shm(spec: TrainingJobSpec) -> tuple[list, list]:
 def manifest(spec: TrainingJobSpec, name: str, arguments: list[str]) -> dict:
     """The TrainJob or PyTorchJob that trains on ``spec.nodes`` nodes with ``arguments`` for every rank."""
     metadata = {"name": name, "labels": {"app.kubernetes.io/part-of": "searchtune"}}
+    # An Istio sidecar (multi-user Kubeflow namespaces inject one) never exits, so a pod would never complete.
+    pod_metadata = {"annotations": {"sidecar.istio.io/inject": "false"}}
     volumes, mounts = _shm(spec)
     if spec.kind == "TrainJob":
         # The runtime sets PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK, PET_MASTER_ADDR/PORT, which torchrun reads.
         pod = {**_pod_extras(spec), "volumes": volumes, "containers": [{"name": "node", "volumeMounts": mounts}]}
-        replicated = {"name": "node", "template": {"spec": {"template": {"spec": pod}}}}
+        replicated = {"name": "node", "template": {"spec": {"template": {"metadata": pod_metadata, "spec": pod}}}}
         return {
             "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob", "metadata": metadata,
             "spec": {
                 "runtimeRef": {"name": spec.runtime, "apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime"},
                 "trainer": {"image": spec.image, "command": ["torchrun", "-m", ENTRY_POINT], "args": list(arguments),
-                            "numNodes": spec.nodes, "resourcesPerNode": _resources(spec)},
+                            "numNodes": spec.nodes, "numProcPerNode": spec.gpus_per_node or 1,
+                            "resourcesPerNode": _resources(spec)},
                 "runtimePatches": [{"manager": MANAGER, "trainingRuntimeSpec": {"template": {"spec": {
                     "replicatedJobs": [replicated]}}}}],
             },
@@ -136,7 +143,7 @@ def manifest(spec: TrainingJobSpec, name: str, arguments: list[str]) -> dict:
     container = {"name": "pytorch", "image": spec.image,
                  "command": ["torchrun", "--master-addr=$(MASTER_ADDR)", "--master-port=$(MASTER_PORT)", "-m", ENTRY_POINT],
                  "args": list(arguments), "resources": _resources(spec), "volumeMounts": mounts}
-    pod = {"template": {"spec": {**_pod_extras(spec), "containers": [container], "volumes": volumes}}}
+    pod = {"template": {"metadata": pod_metadata, "spec": {**_pod_extras(spec), "containers": [container], "volumes": volumes}}}
     replicas = {"Master": {"replicas": 1, "restartPolicy": "OnFailure", **pod}}
     if spec.nodes > 1:
         replicas["Worker"] = {"replicas": spec.nodes - 1, "restartPolicy": "OnFailure", **pod}
@@ -148,73 +155,7 @@ def manifest(spec: TrainingJobSpec, name: str, arguments: list[str]) -> dict:
     }
 
 
-@dataclasses.dataclass(frozen=True)
-class JobState:
-    finished: bool
-    succeeded: bool
-    phase: str  # the newest true condition, e.g. Created, Running, Complete, Failed
-    message: str = ""
-
-
-def job_state(job: dict) -> JobState:
-    """Where a TrainJob or PyTorchJob stands, from its status conditions (Trainer: Complete/Failed; operator: Succeeded/Failed)."""
-    conditions = [c for c in (job.get("status") or {}).get("conditions") or [] if str(c.get("status")) == "True"]
-    by_type = {c.get("type"): c for c in conditions}
-    for failed in ("Failed",):
-        if failed in by_type:
-            condition = by_type[failed]
-            return JobState(True, False, failed, f"{condition.get('reason', '')}: {condition.get('message', '')}".strip(": "))
-    for done in ("Complete", "Succeeded"):
-        if done in by_type:
-            return JobState(True, True, done, by_type[done].get("message", ""))
-    phase = conditions[-1].get("type", "Pending") if conditions else "Pending"
-    return JobState(False, False, phase, conditions[-1].get("message", "") if conditions else "")
-
-
-class KubernetesJobs:
-    """Create, read and delete one kind of training job in one namespace (the ``kubernetes`` client)."""
-
-    def __init__(self, kind: JobKind, namespace: str, api: Any = None):
-        self.kind, self.namespace = kind, namespace
-        self.group, self.version, self.plural = API[kind]
-        if api is None:
-            from kubernetes import client, config
-
-            config.load_incluster_config()
-            api = client.CustomObjectsApi()
-        self.api = api
-
-    def create_or_attach(self, body: dict) -> bool:
-        """Create the job; False when a job of that name exists already (a retried task waits for it)."""
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            self.api.create_namespaced_custom_object(self.group, self.version, self.namespace, self.plural, body)
-            return True
-        except ApiException as error:
-            if error.status == 409:
-                return False
-            raise SearchtuneError(f"cannot create {self.kind} {body['metadata']['name']} in namespace {self.namespace}: "
-                                  f"{error.status} {error.reason} (is {self.group} installed, and may the pipeline's "
-                                  "service account create it? manifests/base/rbac.yaml)") from None
-
-    def get(self, name: str) -> dict:
-        return self.api.get_namespaced_custom_object(self.group, self.version, self.namespace, self.plural, name)
-
-    def delete(self, name: str) -> None:
-        self.api.delete_namespaced_custom_object(self.group, self.version, self.namespace, self.plural, name)
-
-
-def current_namespace() -> str:
-    try:
-        with open(NAMESPACE_FILE) as handle:
-            return handle.read().strip()
-    except OSError:
-        raise SearchtuneError(f"a multi-node training job is started from inside the cluster; {NAMESPACE_FILE} "
-                              "is missing (is this a Kubernetes pod?)") from None
-
-
-def train(spec: TrainingJobSpec, jobs: KubernetesJobs, *, run_id: str, tokenized_uri: str, model_uri: str, model_dir: str,
+def train(spec: TrainingJobSpec, jobs: KubernetesJobs, *, tokenized_uri: str, model_uri: str, model_dir: str,
           config: TrainParams, checkpoint_uri: str, registry_root: str = "", model_name: str = "",
           poll_seconds: float = 30.0) -> records.ModelRecord:
     """Train on a multi-node job and put its model in ``model_dir``; the model record.
@@ -222,21 +163,24 @@ def train(spec: TrainingJobSpec, jobs: KubernetesJobs, *, run_id: str, tokenized
     Args:
         spec: the job's pods (``spec_from_environment``).
         jobs: the Kubernetes API for the job's kind and namespace.
-        run_id: the pipeline run; names the job, so a retried task finds it.
         tokenized_uri: the tokenize step's output where every node can read it (gs://).
-        model_uri: the fine-tune task's model artifact URI; the job writes to ``<model_uri>-job``.
+        model_uri: the fine-tune task's model artifact URI: it names the job (so a retried task finds
+            it); the job writes the model to ``<model_uri>-job``.
         model_dir: the local folder of that artifact, filled with the job's model.
         checkpoint_uri: where the job checkpoints (gs://, shared by the nodes).
 
     Raises:
         SearchtuneError: the job cannot be created, failed, or wrote no model.
     """
-    for what, uri in (("the tokenized data", tokenized_uri), ("the model", model_uri), ("the checkpoints", checkpoint_uri)):
+    locations = [("the tokenized data", tokenized_uri), ("the model", model_uri), ("the checkpoints", checkpoint_uri)]
+    if config.init_from:
+        locations.append(("the registry init_from reads", registry_root))
+    for what, uri in locations:
         if not storage.is_gcs(uri):
             raise SearchtuneError(f"multi-node training needs {what} in gs://, where every node reaches it; it is at "
                                   f"{uri or '(nowhere)'} (use a gs:// pipeline root, and checkpoint_root for checkpoints)")
     output_uri = model_uri.rstrip("/") + "-job"
-    name = job_name(run_id)
+    name = job_name(model_uri)
     body = manifest(spec, name, rank_arguments(tokenized_uri, output_uri, checkpoint_uri, config, registry_root, model_name))
     created = jobs.create_or_attach(body)
     log.info("%s %s %s in namespace %s: %d node(s) x %d GPU(s), model to %s", "created" if created else "waiting for existing",
@@ -258,7 +202,10 @@ def train(spec: TrainingJobSpec, jobs: KubernetesJobs, *, run_id: str, tokenized
         raise SearchtuneError(f"{spec.kind} {name} finished but wrote no model to {output_uri}")
     storage.copy_tree(output_uri, model_dir)
     record = records.ModelRecord.read(model_dir)
-    jobs.delete(name)
-    log.info("%s %s trained the model in %.0f s (best epoch %d, validation AUC %s); copied to the model artifact, job deleted",
-             spec.kind, name, time.monotonic() - started, record.best_epoch, record.best_validation_auc)
+    deleted = jobs.delete(name)
+    for uri in storage.list_prefix(output_uri):  # the artifact holds the model now; its second copy goes
+        storage.delete(uri)
+    log.info("%s %s trained the model in %.0f s (best epoch %d, validation AUC %s); copied to the model artifact%s",
+             spec.kind, name, time.monotonic() - started, record.best_epoch, record.best_validation_auc,
+             ", job deleted" if deleted else "")
     return record

@@ -139,10 +139,22 @@ def node_copy(uri: str, group: distributed.Group) -> str:
     if not storage.is_gcs(uri):
         return uri
     folder = os.path.join(tempfile.gettempdir(), "searchtune-tokenized-" + hashlib.sha256(uri.encode()).hexdigest()[:16])
-    if group.local_rank == 0:
-        storage.copy_tree(uri, folder)
-    group.barrier()
+    once_per_node(group, lambda: storage.copy_tree(uri, folder))
     return folder
+
+
+def once_per_node(group: distributed.Group, action) -> None:
+    """Run ``action`` on local rank 0 of each node while the other ranks wait; if it fails on
+    any node, every rank raises its error (rather than waiting for a rank that gave up)."""
+    error = None
+    if group.local_rank == 0:
+        try:
+            action()
+        except Exception as failure:  # noqa: BLE001 - passed to every rank, then raised there
+            error = str(failure) if isinstance(failure, SearchtuneError) else f"{type(failure).__name__}: {failure}"
+    errors = [e for e in group.gather_objects(error) if e]
+    if errors:
+        raise SearchtuneError(errors[0])
 
 
 def node_warm_start(registry_root: str, model_name: str, version: str, group: distributed.Group):
@@ -151,11 +163,8 @@ def node_warm_start(registry_root: str, model_name: str, version: str, group: di
         return None, ""
     key = hashlib.sha256(f"{registry_root}\0{model_name}\0{version}".encode()).hexdigest()[:16]
     folder = os.path.join(tempfile.gettempdir(), "searchtune-init-" + key)
-    if group.local_rank == 0:
-        start, _ = warm_start.fetch(registry_root, model_name, version, folder)
-    group.barrier()
-    if group.local_rank != 0:
-        start, _ = warm_start.fetch(registry_root, model_name, version, folder)  # resolves; the files are there
+    once_per_node(group, lambda: warm_start.fetch(registry_root, model_name, version, folder))
+    start, _ = warm_start.fetch(registry_root, model_name, version, folder)  # resolves; the files are there now
     return start, folder
 
 
