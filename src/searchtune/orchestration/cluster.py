@@ -25,8 +25,8 @@ from searchtune.orchestration import images, training_job
 from searchtune.orchestration.kube_values import (
     CPU_QUANTITY,
     DURATION,
-    OBJECT_NAME,
     MEMORY_QUANTITY,
+    OBJECT_NAME,
     Toleration,
     check_label,
     check_quantity,
