@@ -100,7 +100,7 @@ def test_what_only_the_preflight_step_can_see_stops_the_run_in_its_first_step(se
         (["--data", str(tmp_path / "nothing-here" / "*.parquet")], "no files found"),
         (["--init-from", "7"], "init_from='7': model 'searchtune-relevance' has no version 7; available: v1"),
         # The seeded version is no searchtune model (no searchtune_model.json): it cannot be continued.
-        (["--init-from", "production"], "init_from='production': "),
+        (["--init-from", "production"], "init_from='production': v1 of 'searchtune-relevance' has no file searchtune_model.json"),
     ]
     before = tree_digest(seeded_registry)
     for args, message in cases:

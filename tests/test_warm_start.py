@@ -104,6 +104,13 @@ def test_init_from_resolves_a_registered_version_and_refuses_what_cannot_be_cont
         warm_start.resolve(registry.root, name, params.model_copy(update={"init_from": "7"}), base)
     with pytest.raises(SearchtuneError, match=r"init_from='staging': model 'relevance' has no alias 'staging'"):
         warm_start.resolve(registry.root, name, params.model_copy(update={"init_from": "staging"}), base)
+    # A version whose record this searchtune cannot read: one line, no traceback.
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / records.ModelRecord.FILE).write_text('{"architecture": "bi-encoder"}')
+    registry.register_version(name, str(tmp_path / "odd"), {"run_id": "run-2", "created_by": "test"})
+    with pytest.raises(SearchtuneError, match=r"^init_from='2': relevance v2's searchtune_model.json is not a model record "
+                                              r"this searchtune reads \(base_model: Field required\)$"):
+        warm_start.resolve(registry.root, name, params.model_copy(update={"init_from": "2"}), base)
     # The fine-tune step's side: the resolved version, fetched with its checksums, loads as the saved model.
     start, folder = warm_start.fetch(registry.root, name, "1", str(tmp_path / "fetched"))
     assert start.version == 1 and (tmp_path / "fetched" / records.ModelRecord.FILE).exists()

@@ -13,6 +13,8 @@ not resolve is an error.
 import logging
 import os
 
+from pydantic import ValidationError
+
 from searchtune import records
 from searchtune.errors import SearchtuneError
 from searchtune.ml import modeling
@@ -47,6 +49,10 @@ def resolve(registry_root: str, model_name: str, params: TrainParams, base_model
         saved = records.ModelRecord.model_validate_json(registry.read_file(model_name, version, records.ModelRecord.FILE))
     except SearchtuneError as error:
         raise SearchtuneError(f"init_from={reference!r}: {error}") from None
+    except ValidationError as error:  # a record this version cannot read
+        problem = error.errors()[0]
+        raise SearchtuneError(f"init_from={reference!r}: {model_name} v{version}'s {records.ModelRecord.FILE} is not a "
+                              f"model record this searchtune reads ({'.'.join(map(str, problem['loc']))}: {problem['msg']})") from None
     problems = modeling.warm_start_problems(saved, params, base_model)
     if problems:
         raise SearchtuneError(f"init_from={reference!r}: {model_name} v{version} cannot be continued by this run, it differs in "
