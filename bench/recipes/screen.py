@@ -59,6 +59,9 @@ RECIPES = {
     # Today's recipe with one change each: normalised text; in-batch negatives (MultipleNegativesRankingLoss-like).
     "bce_normalized": _recipe("bce_normalized", sampler="random", text_transform="normalize"),
     "bce_contrastive": _recipe("bce_contrastive", sampler="random", loss=LossWeights(bce=1.0, contrastive=0.2)),
+    # Today's recipe with a larger learning rate, and with a larger LoRA rank.
+    "bce_lr1e-3": _recipe("bce_lr1e-3", sampler="random", learning_rate=1e-3),
+    "bce_r64": _recipe("bce_r64", sampler="random", lora_r=64, lora_alpha=128),
 }
 
 
@@ -69,7 +72,6 @@ def main() -> None:
         sys.exit(f"usage: screen.py NAME... (unknown: {unknown}); known: {', '.join(RECIPES)}")
     data = splits()
     path = RESULTS / "recipes_screen.json"
-    runs = json.loads(path.read_text())["runs"] if path.exists() else {}
     train_rows = len(subsample_queries(data["train"], SHARE, RECIPES[names[0]].seed))
     for name in names:
         started = time.time()
@@ -77,6 +79,8 @@ def main() -> None:
         # The best state's validation scores, for paired comparisons between recipes (compare.py).
         (CACHE / "screen_scores").mkdir(parents=True, exist_ok=True)
         np.save(CACHE / "screen_scores" / f"{name}.npy", trained.validation_scores)
+        # Read again before writing: another screen.py may have added its recipes meanwhile (runs in parallel).
+        runs = json.loads(path.read_text())["runs"] if path.exists() else {}
         runs[name] = {**result_record(RECIPES[name], trained.history, train_rows), "wall_seconds": round(time.time() - started, 1),
                       "command": "OMP_NUM_THREADS=1 .venv/bin/python bench/recipes/screen.py " + name}
         write_result("screen", {
