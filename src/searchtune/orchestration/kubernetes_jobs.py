@@ -33,10 +33,9 @@ def job_state(job: dict) -> JobState:
     """Where a TrainJob or PyTorchJob stands, from its status conditions (Trainer: Complete/Failed; operator: Succeeded/Failed)."""
     conditions = [c for c in (job.get("status") or {}).get("conditions") or [] if str(c.get("status")) == "True"]
     by_type = {c.get("type"): c for c in conditions}
-    for failed in ("Failed",):
-        if failed in by_type:
-            condition = by_type[failed]
-            return JobState(True, False, failed, f"{condition.get('reason', '')}: {condition.get('message', '')}".strip(": "))
+    if "Failed" in by_type:
+        condition = by_type["Failed"]
+        return JobState(True, False, "Failed", f"{condition.get('reason', '')}: {condition.get('message', '')}".strip(": "))
     for done in ("Complete", "Succeeded"):
         if done in by_type:
             return JobState(True, True, done, by_type[done].get("message", ""))

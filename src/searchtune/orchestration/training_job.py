@@ -85,13 +85,13 @@ def job_name(model_uri: str) -> str:
 
 def rank_arguments(tokenized_uri: str, output_uri: str, checkpoint_uri: str, config: TrainParams,
                    registry_root: str = "", model_name: str = "") -> list[str]:
-    """The arguments of ``finetune_launch`` on every rank: locations and the training parameters that differ from the defaults."""
-    arguments = [f"--tokenized={tokenized_uri}", f"--output={output_uri}", f"--checkpoint-uri={checkpoint_uri}"]
-    if config.init_from:
-        arguments += [f"--registry-root={registry_root}", f"--model-name={model_name}"]
-    changed = config.model_dump(exclude_defaults=True)
-    changed.pop("processes_per_node", None)  # the job's pods start one rank per GPU themselves
-    return arguments + [f"--param={name}={value}" for name, value in changed.items()]
+    """``finetune_launch.rank_arguments`` for the job's ranks, without ``processes_per_node``: the job's pods
+    start one rank per GPU themselves."""
+    from searchtune.steps import finetune_launch  # imports torch: not at compile time
+
+    unset = {"processes_per_node": TrainParams.model_fields["processes_per_node"].default}
+    return finetune_launch.rank_arguments(tokenized_uri, output_uri, checkpoint_uri, config.model_copy(update=unset),
+                                          registry_root, model_name)
 
 
 def _resources(spec: TrainingJobSpec) -> dict:

@@ -34,14 +34,22 @@ from searchtune.steps import warm_start
 log = logging.getLogger(__name__)
 
 
+def rank_arguments(tokenized: str, output: str, checkpoint_uri: str, config: TrainParams,
+                   registry_root: str = "", model_name: str = "") -> list[str]:
+    """The arguments of this entry point on every rank (``build_parser``): the locations, the registry of a
+    warm start, and the training parameters that differ from the defaults."""
+    arguments = [f"--tokenized={tokenized}", f"--output={output}", f"--checkpoint-uri={checkpoint_uri}"]
+    if config.init_from:
+        arguments += [f"--registry-root={registry_root}", f"--model-name={model_name}"]
+    return arguments + [f"--param={name}={value}" for name, value in config.model_dump(exclude_defaults=True).items()]
+
+
 def torchrun_command(processes: int, tokenized_dir: str, output_dir: str, config: TrainParams, checkpoint_uri: str,
                      registry_root: str = "", model_name: str = "") -> list[str]:
     """The torchrun command line that trains on ``processes`` local processes (a one-node rendezvous)."""
-    changed = config.model_dump(exclude_defaults=True)
-    registry = ["--registry-root", registry_root, "--model-name", model_name] if config.init_from else []
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-            "-m", "searchtune.steps.finetune_launch", "--tokenized", tokenized_dir, "--output", output_dir,
-            "--checkpoint-uri", checkpoint_uri, *registry, *[f"--param={name}={value}" for name, value in changed.items()]]
+            "-m", "searchtune.steps.finetune_launch",
+            *rank_arguments(tokenized_dir, output_dir, checkpoint_uri, config, registry_root, model_name)]
 
 
 def run(tokenized_dir: str, output_dir: str, config: TrainParams | None = None, checkpoint_uri: str = "",

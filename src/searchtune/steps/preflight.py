@@ -2,7 +2,8 @@
 
 It runs first and is never cached. It validates every run parameter (ranges, choices,
 the rules between them), proves the registry reachable and writable, resolves the base
-model and ``init_from`` (the version a warm start continues, ``steps.warm_start``) and checks that the LoRA targets exist in it, and lists the input files with their
+model and checks that the LoRA targets exist in it, resolves ``init_from`` (the version a
+warm start continues, ``steps.warm_start``), and lists the input files with their
 versions. A bad run stops here in seconds with one line, not after training.
 
 The listing has a second job: ``data_version``, a digest of every input file's name,
