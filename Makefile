@@ -1,16 +1,21 @@
 # Two entry points (README): `make run` and `make test`. Both set up .venv first.
+# `make images` builds the two container images (images/README.md); `make check-install`
+# proves the locks resolve from public indexes alone.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+DOCKER ?= docker
+IMAGE_PREFIX ?= ghcr.io/searchtune
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+BUILD_ARGS ?=
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test images image-cpu image-gpu check-install bench clean
 
-$(BIN)/searchtune: pyproject.toml
+# torch's CPU build first, from the index its lock names (images/requirements-torch-cpu.lock:
+# the only package not from PyPI), then exactly the lock from PyPI, then the project.
+$(BIN)/searchtune: pyproject.toml images/requirements-cpu.lock images/requirements-torch-cpu.lock
 	$(PYTHON) -m venv $(VENV)
-	# torch first and pinned: the CPU wheel of 2.13.0 is what this project is tested with,
-	# and any looser spec would pull the CUDA build (GBs) on a CPU machine.
-	$(BIN)/pip install --quiet torch==2.13.0
-	# The same pinned lock the CPU image installs (images/requirements-cpu.lock), then the project.
+	$(BIN)/pip install --quiet --no-deps -r images/requirements-torch-cpu.lock
 	$(BIN)/pip install --quiet --no-deps -r images/requirements-cpu.lock
 	$(BIN)/pip install --quiet -e ".[test]"
 	@touch $@
@@ -23,6 +28,18 @@ run: setup
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+# Both locks resolve with pip's configuration and environment ignored (public indexes only).
+check-install: setup
+	$(BIN)/python images/check_install.py
+
+images: image-cpu image-gpu
+
+image-cpu:
+	$(DOCKER) build -f images/Dockerfile.cpu -t $(IMAGE_PREFIX)/searchtune-cpu:$(IMAGE_TAG) $(BUILD_ARGS) .
+
+image-gpu:
+	$(DOCKER) build -f images/Dockerfile.gpu -t $(IMAGE_PREFIX)/searchtune-gpu:$(IMAGE_TAG) $(BUILD_ARGS) .
 
 clean:
 	rm -rf $(VENV) .searchtune

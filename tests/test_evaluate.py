@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from searchtune import records
+from searchtune.errors import SearchtuneError
 from searchtune.params import GateParams
 from searchtune.registry import ModelRegistry
 from searchtune.steps import champion, evaluate
@@ -18,11 +19,18 @@ GATE = GateParams(min_test_queries=5)
 @pytest.fixture(scope="module")
 def no_champion_evaluation(trained_model_dir, splits_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("no-champion")
+    (folder / "empty-registry").mkdir()  # as preflight leaves a new registry
     resolved = champion.resolve_champion(str(folder / "empty-registry"), MODEL, str(folder / "champion"))
     assert not resolved.found and resolved.error is None
     result = evaluate.evaluate(splits_dir, trained_model_dir, str(folder / "champion"), str(folder / "evaluation"),
                                GATE, run_id="run-1")
     return folder / "evaluation", result
+
+
+def test_a_registry_folder_the_step_cannot_see_is_an_error_not_a_first_run(tmp_path):
+    with pytest.raises(SearchtuneError, match="not there, though preflight checked it"):
+        champion.resolve_champion(str(tmp_path / "not-mounted"), MODEL, str(tmp_path / "champion"))
+    assert not (tmp_path / "champion").exists()
 
 
 def test_every_model_is_scored_on_the_same_rows_with_intervals(no_champion_evaluation, splits_dir):

@@ -1,10 +1,11 @@
-"""The images' Dockerfiles, locks and install commands, checked as far as this machine allows.
+"""The images' Dockerfiles, locks and install commands, checked without a Docker engine.
 
-No Docker engine runs here, so the images are not built. Instead: hadolint lints the
-Dockerfiles; the locks must equal what ``images/lock.py`` generates from pyproject.toml and
-the tested environment, and be closed under their own requirements; and every
-``pip install`` of the Dockerfiles runs here as written, with ``--dry-run --no-index``
-added, which succeeds only if each locked package is installed here at its pinned version.
+The images themselves are built and run by ``.ci/containers`` after these tests, where a
+Docker engine can run. Here: hadolint lints the Dockerfiles; the locks must equal what
+``images/lock.py`` generates from pyproject.toml and the tested environment, and be closed
+under their own requirements; and every ``pip install`` of the Dockerfiles runs here as
+written, with ``--dry-run --no-index`` added, which succeeds only if each locked package
+is installed here at its pinned version (the GPU lock's CUDA libraries excepted).
 """
 
 import fnmatch
@@ -67,7 +68,7 @@ def pip_installs(dockerfile: Path) -> list[list[str]]:
 def locked(path: Path) -> dict[str, str]:
     pins = {}
     for line in path.read_text().splitlines():
-        if line and not line.startswith("#"):
+        if line and not line.startswith(("#", "--")):
             name, version = line.split("==")
             pins[canonicalize_name(name)] = version
     return pins
@@ -87,10 +88,22 @@ def test_dockerfile_runs_as_non_root_with_version_args(kind):
     users = [rest for op, rest in steps if op == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0"), "the image must end as a non-root user"
     assert arg_defaults(DOCKERFILES[kind])["USER_ID"] != "0"
-    args = arg_defaults(DOCKERFILES[kind])
-    assert "PYTHON_VERSION" in args and "TORCH_INDEX_URL" in args
-    if kind == "gpu":
-        assert {"TORCH_VERSION", "TORCH_CUDA"} <= set(args)
+    assert arg_defaults(DOCKERFILES[kind])["BASE_IMAGE"] == "python:3.11-slim-bookworm"
+    steps = instructions(DOCKERFILES[kind])
+    assert steps[0] == ("ARG", "BASE_IMAGE=python:3.11-slim-bookworm") and steps[1] == ("FROM", "${BASE_IMAGE}")
+    args = [rest.split("=")[0] for op, rest in steps if op == "ARG"]
+    assert {"PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST"} <= set(args)
+    workdirs = [rest for op, rest in steps if op == "WORKDIR"]
+    assert workdirs[-1] == "/home/searchtune", "commands start where the image's user can write"
+
+
+@pytest.mark.parametrize("kind", sorted(DOCKERFILES))
+def test_the_dependency_install_takes_an_optional_ca_bundle_and_pip_conf(kind):
+    runs = [rest for op, rest in instructions(DOCKERFILES[kind]) if op == "RUN" and "-r images/requirements-" in rest]
+    assert len(runs) == 1
+    assert "--mount=type=secret,id=ca_bundle,required=false" in runs[0]
+    assert "--mount=type=secret,id=pip_conf,required=false" in runs[0]
+    assert "PIP_CERT=/run/secrets/ca_bundle" in runs[0] and "PIP_CONFIG_FILE=/run/secrets/pip_conf" in runs[0]
 
 
 @pytest.mark.parametrize("kind", sorted(DOCKERFILES))
@@ -115,11 +128,21 @@ def test_locks_are_what_lock_py_generates():
         assert lock.LOCKS[kind].read_text() == text, f"{lock.LOCKS[kind]} is stale: run python images/lock.py"
 
 
-def test_gpu_lock_is_the_cpu_lock_without_torch_and_the_torch_versions_agree():
+def test_gpu_lock_is_the_cpu_lock_plus_the_cuda_libraries_of_the_same_torch():
     cpu, gpu = locked(IMAGES / "requirements-cpu.lock"), locked(IMAGES / "requirements-gpu.lock")
-    assert set(cpu) - set(gpu) == {"torch"} and all(gpu[name] == cpu[name] for name in gpu)
-    torch_release = cpu["torch"].split("+")[0]
-    assert arg_defaults(DOCKERFILES["gpu"])["TORCH_VERSION"] == torch_release
+    assert all(gpu[name] == version for name, version in cpu.items())
+    cuda = load_lock_module().written_cuda_closure()
+    assert set(gpu) - set(cpu) == set(cuda) and {"nvidia-cuda-runtime", "nvidia-cudnn-cu13", "nvidia-nccl-cu13"} <= set(cuda)
+    assert "+" not in cpu["torch"], "a local version (+cpu) names a build that PyPI does not have"
+
+
+def test_the_only_index_outside_pypi_is_named_once_for_torch_alone():
+    lock = load_lock_module()
+    option_lines = {path.name: [line for line in path.read_text().splitlines() if line.startswith("--")]
+                    for path in IMAGES.glob("requirements-*.lock")}
+    assert option_lines == {"requirements-cpu.lock": [], "requirements-gpu.lock": [],
+                            "requirements-torch-cpu.lock": [f"--extra-index-url {lock.TORCH_CPU_INDEX}"]}
+    assert locked(IMAGES / "requirements-torch-cpu.lock") == {"torch": locked(IMAGES / "requirements-cpu.lock")["torch"]}
 
 
 def test_lock_is_closed_under_its_own_requirements():
@@ -142,9 +165,16 @@ def test_lock_is_closed_under_its_own_requirements():
 
 
 @pytest.mark.parametrize("kind", sorted(DOCKERFILES))
-def test_dockerfile_pip_installs_succeed_offline_against_this_environment(kind):
-    """Run each ``pip install`` of the Dockerfile here, as a dry run without an index."""
+def test_dockerfile_pip_installs_succeed_offline_against_this_environment(kind, tmp_path):
+    """Run each ``pip install`` of the Dockerfile here, as a dry run without an index.
+
+    The GPU lock's CUDA libraries are not installed on a CPU machine: its dry run leaves them out.
+    """
+    lock = load_lock_module()
+    without_cuda = tmp_path / "requirements-gpu-without-cuda.lock"
+    without_cuda.write_text(lock.LOCKS["gpu"].read_text().split(lock.CUDA_MARK)[0])
     for words in pip_installs(DOCKERFILES[kind]):
+        words = [str(without_cuda) if word == "images/requirements-gpu.lock" else word for word in words]
         argv = []
         skip = False
         for word in words:

@@ -8,7 +8,8 @@ from pathlib import Path
 from searchtune import params, records
 from searchtune.cli import cluster_flags, exit_codes
 from searchtune.cli.parameters import add_parameter_flags, given
-from searchtune.orchestration import local_run
+from searchtune.errors import SearchtuneError
+from searchtune.orchestration import images, local_run
 from searchtune.params import RunParameters
 from searchtune.steps import summary
 
@@ -21,6 +22,7 @@ DEFAULT_REGISTRY = str(Path(DEFAULT_HOME, "registry"))
 # still shows the tuned model beating the untuned one. Your own data gets the parameters'
 # full defaults (all rows, 3 epochs); either can be overridden with the flags.
 SAMPLE_DATA_BUDGET = {"epochs": 2, "max_train_rows": 3000}
+RUNNERS = ("subprocess", "docker")
 
 
 def run_parameters(args: argparse.Namespace) -> RunParameters:
@@ -43,11 +45,23 @@ def run_parameters(args: argparse.Namespace) -> RunParameters:
 def add_run_parser(commands) -> None:
     parser = commands.add_parser(
         "run", help="run the retraining pipeline locally with kfp.local",
-        description="Run the whole DAG locally (kfp.local SubprocessRunner) on the embedded defaults or your data.",
+        description="Run the whole DAG locally with kfp.local, on the embedded defaults or your data: each step as a "
+                    "subprocess of this environment, or in its container image (--runner docker).",
         epilog=exit_codes.EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_parameter_flags(parser, defaults={"registry_root": DEFAULT_REGISTRY})
     parser.add_argument("--output-dir", default=str(Path(DEFAULT_HOME, "runs")),
                         help="where each run gets its own folder (default %(default)s)")
+    where = parser.add_argument_group("where the steps run")
+    where.add_argument("--runner", choices=RUNNERS, default="subprocess",
+                       help="subprocess: every step in this Python environment; docker: every step in its image "
+                            "(kfp.local DockerRunner; build them with `make images`), the run's local paths mounted "
+                            "(default %(default)s)")
+    where.add_argument("--image-prefix", default=None,
+                       help=f"with --runner docker: registry path of the images (default {images.IMAGE_PREFIX})")
+    where.add_argument("--image-tag", default=None, help=f"with --runner docker: tag of the images (default {images.IMAGE_TAG})")
+    where.add_argument("--gpus", action="store_true",
+                       help="with --runner docker: give the steps this machine's GPUs and fine-tune in the GPU image "
+                            "(default: fine-tune in the CPU image)")
     parser.set_defaults(func=run_command)
 
 
@@ -140,8 +154,24 @@ def _path(run, name: str, fallback: Path) -> Path:
     return run.published(name) or fallback
 
 
+def container_options(args: argparse.Namespace) -> local_run.ContainerOptions | None:
+    """What ``--runner docker`` and its options ask for; None for the subprocess runner.
+
+    Raises:
+        SearchtuneError: an image option without ``--runner docker``.
+    """
+    if args.runner == "docker":
+        return local_run.ContainerOptions(image_prefix=args.image_prefix, image_tag=args.image_tag, gpus=args.gpus)
+    given_options = [flag for flag, value in (("--image-prefix", args.image_prefix), ("--image-tag", args.image_tag),
+                                              ("--gpus", args.gpus)) if value]
+    if given_options:
+        raise SearchtuneError(f"{', '.join(given_options)} only apply with --runner docker")
+    return None
+
+
 def run_command(args) -> int:
-    run = local_run.run_local(run_parameters(args), args.output_dir, describe_step=describe_step)
+    parameters = run_parameters(args)
+    run = local_run.run_local(parameters, args.output_dir, describe_step=describe_step, containers=container_options(args))
     print(describe_run(run))
     registration = run.step_output("register", "registration")
     promoted = registration.exists() and records.Registration.read(str(registration)).promoted

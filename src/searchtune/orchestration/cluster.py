@@ -72,6 +72,8 @@ class ClusterSettings:
         training_job_kind: ``TrainJob`` (Kubeflow Trainer) or ``PyTorchJob`` (Training Operator).
         training_runtime: The TrainJob's ClusterTrainingRuntime.
         training_service_account: The service account of the job's pods (bucket access).
+        finetune_on_cpu_image: The fine-tune task runs in the CPU image (a containerized
+            local run on a machine without GPUs: the GPU image would only add GBs).
     """
 
     image_prefix: str | None = None
@@ -94,6 +96,7 @@ class ClusterSettings:
     training_job_kind: str = "TrainJob"
     training_runtime: str = "torch-distributed"
     training_service_account: str = "searchtune"
+    finetune_on_cpu_image: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tolerations", tuple(self.tolerations))
@@ -140,6 +143,8 @@ class ClusterSettings:
     @property
     def gpu_image(self) -> str:
         """Image of the fine-tune task."""
+        if self.finetune_on_cpu_image:
+            return self.cpu_image
         return self._image(images.GPU_IMAGE_NAME, images.GPU_IMAGE)
 
     def _image(self, name: str, default: str) -> str:
@@ -170,7 +175,7 @@ def configure_tasks(
         _set_caching(task, settings.enable_caching)
 
     task = finetune_task
-    if custom_images:
+    if custom_images or settings.finetune_on_cpu_image:
         task.set_container_image(settings.gpu_image)
     if settings.finetune_nodes > 1:
         _configure_job_launcher(task, settings)

@@ -2,7 +2,9 @@
 
 ``run_local`` executes the very pipeline that ``compile_pipeline`` writes for a cluster,
 with ``kfp.local.SubprocessRunner(use_venv=False)``: every component runs as a
-subprocess of this Python environment instead of a pod.
+subprocess of this Python environment instead of a pod. With ``ContainerOptions`` (``searchtune
+run --runner docker``) each component runs in its image instead, through kfp.local's
+DockerRunner, with the run's local paths mounted (``orchestration.containers``).
 
 Each run owns its outputs: its id is decided here, before anything runs, and names the
 folder that becomes the run's pipeline root, so two runs sharing ``--output-dir`` never
@@ -26,7 +28,6 @@ import logging
 import os
 import secrets
 import shutil
-import tempfile
 import time
 import warnings
 from contextlib import redirect_stdout
@@ -41,6 +42,9 @@ from searchtune.progress import EVENTS_ENV
 log = logging.getLogger(__name__)
 
 LOG_FILE = "pipeline.log"
+ERROR_FILE = ".step-errors"  # the steps' one-line refusals, read back when a step fails
+# Settings of this shell that the step containers get too (the subprocess steps inherit them).
+PASSED_TO_CONTAINERS = ("HF_HUB_OFFLINE", "HF_TOKEN", "SEARCHTUNE_LOG_LEVEL")
 # What people open, linked or copied into the run's folder: (step, output artifact, file inside or None, name).
 PUBLISHED = (
     ("evaluate", "report", None, records.REPORT_FILE),
@@ -54,6 +58,22 @@ PUBLISHED = (
 
 class PipelineFailed(Exception):
     """A step failed for a reason that is not the user's input (a bug or a crash): exit 1."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ContainerOptions:
+    """Run each step in its image (kfp.local's DockerRunner) instead of this Python environment.
+
+    Attributes:
+        image_prefix: Registry path of the images; None = the components' default.
+        image_tag: Tag of the images; None = the package version.
+        gpus: Give the containers every GPU and fine-tune in the GPU image; otherwise the
+            fine-tune step runs in the CPU image too.
+    """
+
+    image_prefix: str | None = None
+    image_tag: str | None = None
+    gpus: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +111,8 @@ def compile_pipeline(output: str, settings=None) -> str:
     return output
 
 
-def run_local(parameters: RunParameters, output_dir: str, describe_step=None) -> LocalRun:
+def run_local(parameters: RunParameters, output_dir: str, describe_step=None,
+              containers: ContainerOptions | None = None) -> LocalRun:
     """Run the pipeline under kfp.local in a new folder of ``output_dir``.
 
     Args:
@@ -99,36 +120,49 @@ def run_local(parameters: RunParameters, output_dir: str, describe_step=None) ->
         output_dir: where the run's folder is made.
         describe_step: ``(step, step folder) -> str``, the counts shown when a step ends
             (default: none, the line gives the seconds only).
+        containers: run each step in its image (DockerRunner); None = in this environment.
 
     Raises:
-        SearchtuneError: a step refused the input; the message names the step and the reason.
+        SearchtuneError: a step refused the input (the message names the step and the
+            reason), or, with ``containers``, a local path no container could see, no Docker
+            engine or a missing image (before any step starts).
         PipelineFailed: a step crashed; its log above says why.
     """
     from kfp import local
 
+    from searchtune.orchestration import containers as docker_steps
     from searchtune.orchestration.cluster import ClusterSettings
     from searchtune.pipelines.retraining_pipeline import PIPELINE_NAME, build_pipeline
 
     # kfp.local honours retry policies; locally a failure is the data or the code, not a
     # preempted node, so retrying only delays the error.
-    pipeline = build_pipeline(ClusterSettings(retries=0, cpu_retries=0))
-    arguments = parameters.model_dump()
-    for name in ("registry_root", "data", "checkpoint_root"):
-        if arguments[name] and not arguments[name].startswith("gs://"):
-            arguments[name] = str(Path(arguments[name]).resolve())
+    settings = ClusterSettings(retries=0, cpu_retries=0)
+    if containers is not None:
+        settings = docker_steps.cluster_settings(containers.image_prefix, containers.image_tag, containers.gpus)
+        bind_mounts = docker_steps.mounts(parameters)
+        docker_steps.check_engine_and_images([settings.cpu_image, settings.gpu_image])
+    pipeline = build_pipeline(settings)
+    arguments = docker_steps.resolved_arguments(parameters).model_dump()
     # kfp.local warns that resource requests and images mean nothing locally: true, and noise here.
     warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
     warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
     run_id = new_run_id()
     root = Path(output_dir, run_id).resolve()
     root.mkdir(parents=True)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    # Inside the run's folder, so a step in a container (which sees only mounted paths) can write it too.
+    error_file = root / ERROR_FILE
+    error_file.touch()
+    # For the steps: progress as events (drawn here as one bar), and no download bars from
+    # their libraries in the log.
+    step_environment = {EVENTS_ENV: "1", "HF_HUB_DISABLE_PROGRESS_BARS": os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+                        ERROR_FILE_ENV: str(error_file)}
+    if containers is None:
+        runner = local.SubprocessRunner(use_venv=False)
+    else:
+        passed = {name: os.environ[name] for name in PASSED_TO_CONTAINERS if name in os.environ}
+        runner = docker_steps.docker_runner(bind_mounts, {**passed, **step_environment}, gpus=containers.gpus)
+    local.init(runner=runner, pipeline_root=str(root), raise_on_error=True)
     started = time.time()
-    with tempfile.NamedTemporaryFile("r", suffix=".errors", delete=False) as error_file:
-        os.environ[ERROR_FILE_ENV] = error_file.name
-    # For the step subprocesses: progress as events (drawn here as one bar), and no download
-    # bars from their libraries in the log.
-    step_environment = {EVENTS_ENV: "1", "HF_HUB_DISABLE_PROGRESS_BARS": os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "1")}
     saved_environment = {name: os.environ.get(name) for name in step_environment}
     os.environ.update(step_environment)
     console = PipelineConsole(root / LOG_FILE, lambda: _run_folder(root, PIPELINE_NAME), describe_step)
@@ -136,18 +170,17 @@ def run_local(parameters: RunParameters, output_dir: str, describe_step=None) ->
         with console, redirect_stdout(console):
             pipeline(**arguments)
     except RuntimeError as error:
-        reasons = Path(error_file.name).read_text().strip()
+        reasons = error_file.read_text().strip()
         if reasons:
             raise SearchtuneError(reasons.splitlines()[-1]) from None
         raise PipelineFailed(f"the pipeline failed: {error}; full log: {root / LOG_FILE}") from None
     finally:
-        os.environ.pop(ERROR_FILE_ENV, None)
         for name, value in saved_environment.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-        os.unlink(error_file.name)
+        error_file.unlink(missing_ok=True)
     run_dir = _run_folder(root, PIPELINE_NAME)
     if run_dir is None:
         raise PipelineFailed(f"{root}: expected one kfp.local run folder")

@@ -33,7 +33,15 @@ def resolve_champion(registry_root: str, model_name: str, output_dir: str) -> re
 
     Returns:
         The champion record, also written to ``champion.json``.
+
+    Raises:
+        SearchtuneError: a local registry folder that is not there. Preflight has made or
+            found it, so this step cannot see it (a container without the folder mounted):
+            reading that as "no production model yet" would drop the non-regression check.
     """
+    if "://" not in registry_root and not os.path.isdir(registry_root):
+        raise SearchtuneError(f"registry {registry_root} is not there, though preflight checked it: this step cannot see it "
+                              "(a container without the folder mounted?), so it cannot tell whether a production model exists")
     record = records.ChampionRecord(found=False, model_name=model_name, registry_root=registry_root)
     try:
         registry = ModelRegistry(registry_root)
