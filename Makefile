@@ -35,11 +35,12 @@ check-install: setup
 
 images: image-cpu image-gpu
 
+# BuildKit for the build secrets (images/README.md): docker buildx, or a client with it built in.
 image-cpu:
-	$(DOCKER) build -f images/Dockerfile.cpu -t $(IMAGE_PREFIX)/searchtune-cpu:$(IMAGE_TAG) $(BUILD_ARGS) .
+	DOCKER_BUILDKIT=1 $(DOCKER) build -f images/Dockerfile.cpu -t $(IMAGE_PREFIX)/searchtune-cpu:$(IMAGE_TAG) $(BUILD_ARGS) .
 
 image-gpu:
-	$(DOCKER) build -f images/Dockerfile.gpu -t $(IMAGE_PREFIX)/searchtune-gpu:$(IMAGE_TAG) $(BUILD_ARGS) .
+	DOCKER_BUILDKIT=1 $(DOCKER) build -f images/Dockerfile.gpu -t $(IMAGE_PREFIX)/searchtune-gpu:$(IMAGE_TAG) $(BUILD_ARGS) .
 
 clean:
 	rm -rf $(VENV) .searchtune

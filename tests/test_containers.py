@@ -117,3 +117,34 @@ def test_image_options_without_the_docker_runner_are_refused(tmp_path, capsys):
     assert code == 2
     assert "--image-tag only apply with --runner docker" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_source_digest_covers_the_steps_the_components_and_the_pipeline(tmp_path, monkeypatch):
+    """What ``--runner docker`` compares with the image's: the same here and in an image of the same code."""
+    import importlib.util
+
+    from searchtune.orchestration import images
+
+    digest = images.source_digest()
+    assert digest == images.source_digest() and len(digest) == 16
+    for package in images.CODE_PACKAGES:
+        assert importlib.util.find_spec(package).submodule_search_locations
+    # A copy of the package tree elsewhere (as an image installs it) gives the same digest only with the same bytes.
+    original = importlib.util.find_spec
+    pipeline_folder = original("searchtune.pipelines").submodule_search_locations[0]
+    copy = tmp_path / "pipelines"
+    copy.mkdir()
+    for path in os.listdir(pipeline_folder):
+        if path.endswith(".py"):
+            (copy / path).write_bytes(open(os.path.join(pipeline_folder, path), "rb").read())
+
+    def find_spec(name, *args):
+        spec = original(name, *args)
+        if name == "searchtune.pipelines":
+            spec.submodule_search_locations = [str(copy)]
+        return spec
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    assert images.source_digest() == digest
+    (copy / "retraining_pipeline.py").write_text((copy / "retraining_pipeline.py").read_text() + "\n# changed\n")
+    assert images.source_digest() != digest

@@ -109,12 +109,18 @@ def _refuse_outside_links(path: str, flag: str) -> None:
 
 
 def check_engine_and_images(image_names: list[str]) -> None:
-    """The Docker engine answers and every image is here (or can be pulled), before any step starts.
+    """The Docker engine answers and every image is here (or can be pulled) and holds this code, before any step starts.
+
+    The steps run the image's code with the component definitions of this checkout: an
+    image built from other code fails, or worse, runs, in ways no message explains.
 
     Raises:
-        SearchtuneError: no engine, or an image that is neither here nor pullable.
+        SearchtuneError: no engine, an image that is neither here nor pullable, or one
+            built from other searchtune code than this installation's.
     """
     import docker
+
+    from searchtune.orchestration.images import source_digest
 
     try:
         client = docker.from_env()
@@ -133,8 +139,25 @@ def check_engine_and_images(image_names: list[str]) -> None:
                     raise SearchtuneError(f"--runner docker: image {name} is not on this machine and could not be pulled "
                                           f"({_first_line(error)}); build it with `make images`, or name yours with "
                                           "--image-prefix / --image-tag") from None
+            theirs = _image_source_digest(client, name)
+            if theirs != source_digest():
+                raise SearchtuneError(f"--runner docker: image {name} was built from other searchtune code than this "
+                                      f"installation's (source digest {theirs or 'unknown'}, here {source_digest()}); "
+                                      "rebuild it with `make images`")
     finally:
         client.close()
+
+
+def _image_source_digest(client, name: str) -> str | None:
+    """``images.source_digest()`` as computed inside the image (None: it cannot tell)."""
+    import docker
+
+    code = "from searchtune.orchestration.images import source_digest; print(source_digest())"
+    try:
+        output = client.containers.run(name, ["python", "-c", code], remove=True, user=f"{os.getuid()}:{os.getgid()}")
+    except docker.errors.DockerException:
+        return None
+    return output.decode().strip() or None
 
 
 def _first_line(error: Exception) -> str:

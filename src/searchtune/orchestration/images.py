@@ -6,7 +6,10 @@ component definitions. Locally, kfp.local's SubprocessRunner ignores the image a
 the component in this Python environment.
 """
 
+import hashlib
+import importlib.util
 import os
+from pathlib import Path
 
 from searchtune import __version__
 
@@ -24,3 +27,29 @@ def image(name: str, prefix: str = IMAGE_PREFIX, tag: str = IMAGE_TAG) -> str:
 
 CPU_IMAGE = image(CPU_IMAGE_NAME)
 GPU_IMAGE = image(GPU_IMAGE_NAME)
+
+
+# The packages whose code runs inside the images: the step logic, the components, the pipeline.
+CODE_PACKAGES = ("searchtune", "searchtune.components", "searchtune.pipelines")
+
+
+def source_digest() -> str:
+    """A digest of this installation's searchtune code: every module's path in its package and its bytes.
+
+    The same in an editable checkout and in an image built from it, whatever the install
+    paths, so a containerized run can tell an image built from other code before any step runs.
+    """
+    digest = hashlib.sha256()
+    locations = {package: [Path(f) for f in importlib.util.find_spec(package).submodule_search_locations]
+                 for package in CODE_PACKAGES}
+    files: dict[str, Path] = {}
+    for package, folders in locations.items():
+        # Installed, the components and the pipeline sit inside searchtune/; in a checkout, beside it.
+        others = [f for name, fs in locations.items() if name != package for f in fs]
+        for folder in folders:
+            for path in folder.rglob("*.py"):
+                if "__pycache__" not in path.parts and not any(o != folder and o in path.parents for o in others):
+                    files[f"{package}/{path.relative_to(folder).as_posix()}"] = path
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + files[name].read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
