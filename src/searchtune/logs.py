@@ -52,6 +52,8 @@ def record_level(line: str) -> int | None:
 
 
 ERROR_FILE_ENV = "SEARCHTUNE_ERROR_FILE"
+# Marks an error-file line as a fault of the machine (exit 5), not of the input (exit 2).
+ENVIRONMENT_MARK = "[environment] "
 
 
 @contextlib.contextmanager
@@ -59,23 +61,33 @@ def component_step(name: str):
     """Entry point of a KFP component: logging on, and a user error ends the step cleanly.
 
     A ``SearchtuneError`` is logged as one line and the step exits non-zero without a
-    traceback (the task fails, so nothing downstream runs). When the local runner set
-    ``SEARCHTUNE_ERROR_FILE``, the message is also appended there, so ``searchtune run``
-    can say which step failed and why.
+    traceback (the task fails, so nothing downstream runs); so is an OS error that is a
+    fault of the machine (full disk, read-only folder, link loop: ``errors.environment_fault``).
+    When the local runner set ``SEARCHTUNE_ERROR_FILE``, the message is also appended there,
+    so ``searchtune run`` can say which step failed and why.
     """
-    from searchtune.errors import SearchtuneError
+    from searchtune.errors import EnvironmentFault, SearchtuneError, environment_fault
 
     setup()
     try:
         yield
     except SearchtuneError as error:
-        message = f"step {name} failed: {error}"
-        logging.getLogger(f"searchtune.{name}").error(message)
-        error_file = os.environ.get(ERROR_FILE_ENV)
-        if error_file:
-            with open(error_file, "a", encoding="utf-8") as handle:
-                handle.write(message + "\n")
-        raise SystemExit(message) from None
+        _fail_step(name, error, isinstance(error, EnvironmentFault))
+    except Exception as error:
+        fault = environment_fault(error)
+        if fault is None:
+            raise
+        _fail_step(name, fault, True)
+
+
+def _fail_step(name: str, error: Exception, environment: bool):
+    message = f"step {name} failed: {error}"
+    logging.getLogger(f"searchtune.{name}").error(message)
+    error_file = os.environ.get(ERROR_FILE_ENV)
+    if error_file:
+        with open(error_file, "a", encoding="utf-8") as handle:
+            handle.write((ENVIRONMENT_MARK if environment else "") + message + "\n")
+    raise SystemExit(message) from None
 
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")

@@ -10,7 +10,7 @@ import sys
 
 from searchtune import logs
 from searchtune.cli import exit_codes
-from searchtune.errors import SearchtuneError
+from searchtune.errors import EnvironmentFault, SearchtuneError, environment_fault
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,12 +43,21 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
+    except EnvironmentFault as error:
+        print(f"searchtune: error: {error}", file=sys.stderr)
+        return exit_codes.ENVIRONMENT
     except SearchtuneError as error:
         print(f"searchtune: error: {error}", file=sys.stderr)
         return exit_codes.USER_ERROR
     except PipelineFailed as error:
         print(f"searchtune: internal error: {error}", file=sys.stderr)
         return exit_codes.INTERNAL_ERROR
+    except OSError as error:
+        fault = environment_fault(error)
+        if fault is None:
+            raise
+        print(f"searchtune: error: {fault}", file=sys.stderr)
+        return exit_codes.ENVIRONMENT
     except KeyboardInterrupt:
         print("searchtune: interrupted", file=sys.stderr)
         return exit_codes.INTERRUPTED

@@ -34,8 +34,8 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 from searchtune import records
-from searchtune.errors import SearchtuneError
-from searchtune.logs import ERROR_FILE_ENV, PipelineConsole
+from searchtune.errors import EnvironmentFault, SearchtuneError
+from searchtune.logs import ENVIRONMENT_MARK, ERROR_FILE_ENV, PipelineConsole
 from searchtune.params import RunParameters
 from searchtune.progress import EVENTS_ENV
 
@@ -126,12 +126,15 @@ def run_local(parameters: RunParameters, output_dir: str, describe_step=None,
         SearchtuneError: a step refused the input (the message names the step and the
             reason), or, with ``containers``, a local path no container could see, no Docker
             engine or a missing image (before any step starts).
+        EnvironmentFault: the output folder is a file, read-only or too small for the run
+            (before any step starts), or a step met such a fault of the machine.
         PipelineFailed: a step crashed; its log above says why.
     """
     from kfp import local
 
     from searchtune.orchestration import containers as docker_steps
     from searchtune.orchestration.cluster import ClusterSettings
+    from searchtune.orchestration.output_space import check_output_dir
     from searchtune.pipelines.retraining_pipeline import PIPELINE_NAME, build_pipeline
 
     # kfp.local honours retry policies; locally a failure is the data or the code, not a
@@ -141,6 +144,7 @@ def run_local(parameters: RunParameters, output_dir: str, describe_step=None,
         settings = docker_steps.cluster_settings(containers.image_prefix, containers.image_tag, containers.gpus)
         bind_mounts = docker_steps.mounts(parameters)
         docker_steps.check_engine_and_images([settings.cpu_image, settings.gpu_image])
+    check_output_dir(output_dir, parameters.data)
     pipeline = build_pipeline(settings)
     arguments = docker_steps.resolved_arguments(parameters).model_dump()
     # kfp.local warns that resource requests and images mean nothing locally: true, and noise here.
@@ -172,7 +176,10 @@ def run_local(parameters: RunParameters, output_dir: str, describe_step=None,
     except RuntimeError as error:
         reasons = error_file.read_text().strip()
         if reasons:
-            raise SearchtuneError(reasons.splitlines()[-1]) from None
+            last = reasons.splitlines()[-1]
+            if last.startswith(ENVIRONMENT_MARK):
+                raise EnvironmentFault(last[len(ENVIRONMENT_MARK):]) from None
+            raise SearchtuneError(last) from None
         raise PipelineFailed(f"the pipeline failed: {error}; full log: {root / LOG_FILE}") from None
     finally:
         for name, value in saved_environment.items():
