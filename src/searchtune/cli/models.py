@@ -1,4 +1,4 @@
-"""``searchtune models``: list, show, verify, promote, roll back and pull models; show candidates.
+"""``searchtune models``: list, show, verify, promote, roll back, prune and pull models; show candidates.
 
 A model is named by ``REF`` = ``<registry>/<model>[@<version|alias|latest>]``, e.g.
 ``./.searchtune/registry/searchtune-relevance@production`` or
@@ -6,6 +6,17 @@ A model is named by ``REF`` = ``<registry>/<model>[@<version|alias|latest>]``, e
 ``--registry`` (default ``$SEARCHTUNE_REGISTRY`` or ``.searchtune/registry``), and a bare
 ``@ref`` also the default model ``searchtune-relevance``. Without ``@`` the version is
 ``production``.
+
+Repairs:
+  promote REF VERSION --repair   production's record cannot be read, or it points at a
+                                 version that is gone: point it at VERSION (history kept)
+  promote REF --repair           the same when no version exists at all: removes the alias
+                                 (recorded in its history); the next blessed run becomes
+                                 production
+  verify [REF] --repair          removes the temporary files killed writers left
+  prune [REF] --keep N           deletes old versions; never an aliased one, a rollback
+                                 target or one being read (--dry-run lists them first)
+What each keeps and why, and pruning on a schedule: docs/registry.md.
 """
 
 from __future__ import annotations
@@ -56,24 +67,26 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _production_label(registry: ModelRegistry, name: str) -> tuple[int | None, str]:
+def _production_label(registry: ModelRegistry, name: str, health: list[dict]) -> tuple[int | None, str]:
     try:
         alias = registry.alias(name, PRODUCTION)
     except SearchtuneError:  # unreadable alias: still list the versions, say how to find out more
         return None, "UNREADABLE (see 'searchtune models verify')"
     production = None if alias is None else int(alias["version"])
+    if production is not None and production not in {entry["version"] for entry in health}:
+        return production, f"v{production}, which is GONE (see 'searchtune models verify')"
     return production, "none" if production is None else f"v{production}"
 
 
 def _list(args: argparse.Namespace) -> int:
     registry = ModelRegistry(args.registry)
-    names = [args.model] if args.model else registry.models()
+    names = [args.model] if args.model else registry.models(stored=True)
     if not names:
         print(f"no models registered in {registry.root}")
         return 0
     for index, name in enumerate(names):
         health = registry.version_health(name)
-        production, label = _production_label(registry, name)
+        production, label = _production_label(registry, name, health)
         rows, broken = [], []
         for entry in health:
             manifest = entry["manifest"] or {}
@@ -116,6 +129,11 @@ def _show(args: argparse.Namespace) -> int:
 def _promote(args: argparse.Namespace) -> int:
     registry, model, ref = parse_ref(args.ref, args.registry, default_version=None)
     version = args.version or ref
+    if version is None and args.repair:  # nothing to point at: the one way out is to remove the alias
+        record = registry.clear_production(model, actor=args.actor, reason=args.reason)
+        print(f"{model}@production: removed (it {record['cleared']}; history #{record['seq']} records it); "
+              "the next run starts as a first run and its blessed model becomes production")
+        return 0
     if version is None:
         raise SearchtuneError("say which version to promote: models promote <registry>/<model> VERSION")
     record = registry.promote(model, version, actor=args.actor, reason=args.reason, repair=args.repair)
@@ -157,16 +175,27 @@ VERIFY_EPILOG = f"""exit codes:
   2  the command could not run (bad REF, unreachable registry)"""
 
 
+def _repair_leftovers(registry: ModelRegistry, models: list[str] | None) -> None:
+    """``verify --repair``: delete what killed writers left (``registry.cleanup``), say what stays and why."""
+    removed, kept = registry.remove_leftovers(models)
+    for leftover in removed:
+        print(f"removed {leftover.uri} ({leftover.size} bytes, left by a killed write)")
+    for leftover in kept:
+        print(f"kept    {leftover.uri} (changed {leftover.age:.0f} s ago: may be a write in progress)")
+
+
 def _verify(args: argparse.Namespace) -> int:
     if args.ref:
         registry, model, ref = parse_ref(args.ref, args.registry, default_version=None)
         targets = [(model, ref)]
     else:
         registry = ModelRegistry(args.registry)
-        targets = [(name, None) for name in registry.models()]
-        if not targets:
-            print(f"no models registered in {registry.root}")
-            return 0
+        targets = [(name, None) for name in registry.models(stored=True)]
+    if args.repair:
+        _repair_leftovers(registry, [model for model, _ref in targets] if args.ref else None)
+    if not targets:
+        print(f"no models registered in {registry.root}")
+        return 0
     problems = 0
     for model, ref in targets:
         report = registry.verify(model, ref)
@@ -181,12 +210,63 @@ def _verify(args: argparse.Namespace) -> int:
             print("\n".join(f"  @{check.alias}  {status:<7} {line}" for line in details))
             for note in check.notes:
                 print(f"  @{check.alias}  note    {note}")
+            if check.fix:
+                print(f"  @{check.alias}  fix     {check.fix}")
+        if not report.versions and not report.aliases:
+            print("  no versions and no aliases")
         if report.incomplete:
-            print(f"  note: {', '.join(f'v{n}' for n in report.incomplete)} claimed without a manifest "
+            print(f"  note: {_vs(report.incomplete)} claimed without a manifest "
                   "(abandoned or still being written; never listed)")
+        if report.being_pruned:
+            print(f"  note: {_vs(report.being_pruned)} hidden by a prune that did not finish (never listed; "
+                  "the next 'searchtune models prune' finishes it)")
+        if report.pruned_meanwhile:
+            print(f"  note: {_vs(report.pruned_meanwhile)} pruned while being checked")
         problems += len(report.problems())
     print(f"{problems} problem(s) found" if problems else "verified: no problems found")
     return VERIFY_PROBLEMS if problems else 0
+
+
+def _vs(numbers: list[int]) -> str:
+    return ", ".join(f"v{n}" for n in numbers)
+
+
+def _prune(args: argparse.Namespace) -> int:
+    if args.ref:
+        registry, model, _ref = parse_ref(args.ref, args.registry, default_version=None)
+        names = [model]
+    else:
+        registry = ModelRegistry(args.registry)
+        names = registry.models(stored=True)
+    if args.keep < 1:
+        raise SearchtuneError(f"--keep must be at least 1 (the newest version is always kept), got {args.keep}")
+    if args.min_age < 0:
+        raise SearchtuneError(f"--min-age must be 0 or more minutes, got {args.min_age:g}")
+    outcomes = [registry.prune(name, args.keep, dry_run=args.dry_run, actor=args.actor, min_age_minutes=args.min_age)
+                for name in names]
+    for outcome in outcomes:
+        doomed = outcome.doomed
+        print(f"{outcome.model}  ({registry.root}, {len(outcome.decisions)} version(s); keeping the newest "
+              f"{outcome.keep} and every version still needed)")
+        for decision in outcome.decisions:
+            if decision.kept_because is None:
+                verb = "would delete" if outcome.dry_run else ("kept" if decision.version in outcome.given_back
+                                                                else "deleted")
+                why = outcome.given_back.get(decision.version) or f"{decision.files} file(s), {decision.bytes / 1e6:.1f} MB"
+                print(f"  v{decision.version:<4} {verb:<12} {why}")
+            elif not decision.kept_because.startswith("newest"):
+                print(f"  v{decision.version:<4} {'keep':<12} {decision.kept_because}")
+        if outcome.expired_leases:
+            print(f"  removed {outcome.expired_leases} expired read lease(s)")
+        gone = [d for d in doomed if d.version in outcome.deleted]
+        if outcome.dry_run:
+            print(f"dry run: would delete {len(doomed)} version(s), {sum(d.bytes for d in doomed) / 1e6:.1f} MB; "
+                  "nothing changed")
+        else:
+            print(f"deleted {len(gone)} version(s), {sum(d.bytes for d in gone) / 1e6:.1f} MB")
+    if not outcomes:
+        print(f"no models registered in {registry.root}")
+    return 0
 
 
 def _gate(record: dict) -> str:
@@ -229,13 +309,15 @@ def _candidates(args: argparse.Namespace) -> int:
 
 
 REPAIR_HELP = ("replace the production alias record even if it cannot be read (compare-and-swap on the broken "
-               "object; what it held is kept in the new history record); without it a broken record is refused")
+               "object; what it held is kept in the new history record); without it a broken record is refused. "
+               "Without VERSION, when the model has no version at all: remove the alias that points nowhere "
+               "(recorded in its history), so the next run starts as a first run")
 
 
 def add_parser(subparsers) -> None:
     """Add ``models`` and its sub-commands to the ``searchtune`` command."""
     parser = subparsers.add_parser(
-        "models", help="list, show, verify, promote, roll back and pull registered models; show candidates",
+        "models", help="list, show, verify, promote, roll back, prune and pull registered models; show candidates",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="models_command", required=True, metavar="ACTION")
@@ -256,13 +338,17 @@ def add_parser(subparsers) -> None:
     verify.formatter_class = argparse.RawDescriptionHelpFormatter
     verify.add_argument("ref", metavar="REF", nargs="?", default=None,
                         help="<registry>/<model>[@<version|alias|latest>] (default: every model in --registry)")
+    verify.add_argument("--repair", action="store_true",
+                        help="first remove the temporary files killed writers left (*.searchtune-tmp, probes under "
+                        "_probes/) once untouched for 15 minutes; nothing else is changed")
 
     show = add("show", _show, "manifest, metrics, blessing and lineage of one version (JSON)")
     show.add_argument("ref", metavar="REF", help="<registry>/<model>@<version|production|latest>")
 
     promote = add("promote", _promote, "point production at a version (compare-and-swap)")
     promote.add_argument("ref", metavar="REF", help="<registry>/<model>")
-    promote.add_argument("version", metavar="VERSION", nargs="?", help="3, v3 or latest")
+    promote.add_argument("version", metavar="VERSION", nargs="?",
+                         help="3, v3 or latest (none with --repair on a model without versions: see --repair)")
     promote.add_argument("--reason", default="promoted by hand (searchtune models promote)")
     promote.add_argument("--actor", default=default_actor(), help="recorded as moved_by (default user@host)")
     promote.add_argument("--repair", action="store_true", help=REPAIR_HELP)
@@ -273,6 +359,17 @@ def add_parser(subparsers) -> None:
     rollback.add_argument("--actor", default=default_actor(), help="recorded as moved_by (default user@host)")
     rollback.add_argument("--repair", action="store_true", help=REPAIR_HELP + "; the target is the version before "
                           "the last move recorded in the alias history")
+
+    prune = add("prune", _prune, "delete old versions beyond the newest N; never one an alias points at, an alias's "
+                "rollback target, or one being read (fetched)")
+    prune.add_argument("ref", metavar="REF", nargs="?", default=None,
+                       help="<registry>/<model> (default: every model in --registry)")
+    prune.add_argument("--keep", type=int, required=True, metavar="N", help="keep the newest N versions (N >= 1)")
+    prune.add_argument("--min-age", type=float, default=60, metavar="MINUTES",
+                       help="also keep versions registered less than this long ago: a run may be about to make one "
+                       "production (default 60)")
+    prune.add_argument("--dry-run", action="store_true", help="list what would be deleted; change nothing")
+    prune.add_argument("--actor", default=default_actor(), help="recorded in the prune lock (default user@host)")
 
     pull = add("pull", _pull, "download a version, verify checksums, leave a folder serving can load")
     pull.add_argument("ref", metavar="REF", help="<registry>/<model>@<version|production|latest>")

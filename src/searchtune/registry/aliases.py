@@ -15,6 +15,14 @@
   the history (``seq`` one past the highest recorded), takes ``previous_version`` from
   the last readable history record, and keeps what was replaced under ``repaired``
   (the problem, SHA-256, size and the first bytes), so the history shows the break.
+* **Pruned targets**: a mover writes the alias first and checks that the version's manifest
+  still exists second; ``retention`` hides a version first and reads the aliases second, so
+  one of them sees the other. A mover that finds its target pruned puts the old record back
+  and says so; a prune that finds an alias on a hidden version gives it its manifest back.
+* **Clearing**: an alias that points at a version that no longer exists, on a model that
+  has no version at all, can only be removed (``clear``). The removal is recorded as a
+  history record with ``version: null`` and ``cleared``; the next move continues the
+  history's numbering, so nothing is overwritten.
 """
 
 from __future__ import annotations
@@ -57,15 +65,21 @@ class AliasState:
         return None if self.record is None else int(self.record["version"])
 
 
-def parse_record(raw: bytes) -> tuple[dict | None, str | None]:
-    """(record, None) for a usable alias or history record, else (None, what is wrong)."""
+def parse_record(raw: bytes, cleared_ok: bool = False) -> tuple[dict | None, str | None]:
+    """(record, None) for a usable alias or history record, else (None, what is wrong).
+
+    Args:
+        raw: the object's bytes.
+        cleared_ok: also accept the history record of a ``clear`` (``version`` null).
+    """
     try:
         record = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         return None, f"not valid JSON ({error})"
     if not isinstance(record, dict):
         return None, f"not a JSON object but {type(record).__name__}"
-    for key in ("version", "seq"):
+    cleared = cleared_ok and record.get("cleared") and record.get("version") is None
+    for key in ("seq",) if cleared else ("version", "seq"):
         value = record.get(key)
         if type(value) is not int or value < 1:
             return None, f"'{key}' is {value!r}, not a positive whole number"
@@ -90,6 +104,24 @@ def unreadable(layout: Layout, model: str, alias: str, state: AliasState) -> Sea
     return SearchtuneError(f"{message}; move it with repair=True (history is kept)")
 
 
+def dangling(layout: Layout, model: str, alias: str, state: AliasState, visible: set[int]) -> SearchtuneError:
+    """The one-line error for an alias whose version has no manifest, saying how to get out of it."""
+    ref = f"{layout.root}/{model}"
+    if visible:
+        listed = ", ".join(f"v{n}" for n in sorted(visible))
+        return SearchtuneError(f"{state.uri}: points at v{state.version}, which has no manifest; point it at an existing "
+                               f"version ({listed}): 'searchtune models promote {ref} VERSION'")
+    return no_version_left(layout, model, alias, f"points at v{state.version}, which has no manifest")
+
+
+def no_version_left(layout: Layout, model: str, alias: str, what: str) -> SearchtuneError:
+    """The one-line error for a broken alias on a model without any version: how to start again."""
+    ref = f"{layout.root}/{model}"
+    return SearchtuneError(f"{layout.alias(model, alias)}: {what}, and '{model}' has no version at all in {layout.root}; "
+                           f"start again with 'searchtune models promote {ref} --repair' (removes the alias, keeps its "
+                           "history), then run the pipeline: its first blessed model becomes production")
+
+
 def names(layout: Layout, model: str) -> list[str]:
     """The aliases of ``model`` that have an alias object (readable or not)."""
     aliases_uri = layout.aliases(model)
@@ -102,7 +134,7 @@ def history_records(layout: Layout, model: str, alias: str) -> tuple[dict[int, d
     records, problems = {}, []
     history_uri = layout.history(model, alias)
     for uri in storage.list_prefix(history_uri):
-        record, problem = parse_record(storage.read_bytes(uri))
+        record, problem = parse_record(storage.read_bytes(uri), cleared_ok=True)
         name = storage.relative(uri, history_uri)
         if record is None:
             problems.append(f"history {name}: {problem}")
@@ -221,8 +253,9 @@ def move(layout: Layout, model: str, alias: str, state: AliasState, version: int
                                 "it was moved by someone else", state.record)
         if state.version == version:
             raise SearchtuneError(f"{model}@{alias} already points at v{version}")
-        record.update(previous_version=state.version, seq=(state.record or {}).get("seq", 0) + 1)
+        record.update(previous_version=state.version, seq=_next_seq(layout, model, alias, state))
     data = dumps(record)
+    log.debug("moving %s@%s from %s to v%d", model, alias, v(state.version), version)
     try:
         storage.write_if_generation_matches(state.uri, data, state.generation)
     except storage.PreconditionFailed:
@@ -230,6 +263,70 @@ def move(layout: Layout, model: str, alias: str, state: AliasState, version: int
         if now_state.raw != data:  # unless a retried request of ours is what landed
             raise AliasConflict(f"{model}@{alias} moved to {v(now_state.version)} while being moved to v{version}",
                                 now_state.record) from None
+    if not storage.exists(layout.manifest(model, version)):
+        _undo(layout, model, alias, state, data, version)  # pruned meanwhile: see the module docstring
     record_history(layout, model, alias, record)
     log.info("%s@%s: %s -> v%d by %s (%s)", model, alias, v(record["previous_version"]), version, actor, reason)
+    return record
+
+
+def _next_seq(layout: Layout, model: str, alias: str, state: AliasState) -> int:
+    """One past the current record's ``seq``; for an absent alias one past its history (after a ``clear``)."""
+    if state.record is not None:
+        return state.record["seq"] + 1
+    known, _problems = history_records(layout, model, alias)
+    return max(known, default=0) + 1
+
+
+def _undo(layout: Layout, model: str, alias: str, state: AliasState, data: bytes, version: int) -> None:
+    """Put back the record ``move`` replaced (if ours is still there), then raise: the target was pruned."""
+    raw, generation = storage.read_with_generation(state.uri)
+    if raw == data:
+        try:
+            if state.raw is None:
+                storage.delete(state.uri)
+            else:
+                storage.write_if_generation_matches(state.uri, state.raw, generation)
+        except storage.PreconditionFailed:
+            pass  # moved on by someone else already: their record stands
+    raise SearchtuneError(f"{model} v{version} was pruned while {alias} was being moved to it; {alias} still points "
+                          f"at {v(state.version)}")
+
+
+def clear(layout: Layout, model: str, alias: str, state: AliasState, visible: set[int], *, actor: str,
+          reason: str) -> dict:
+    """Remove an alias that points at no existing version, on a model that has no version at all.
+
+    The only way out of that state: nothing exists to point the alias at, and every run
+    refuses to start while the alias points nowhere. Removing it lets the next run start
+    as a first run. The removal is recorded in the history (``version`` null, ``cleared``).
+
+    Returns:
+        The history record of the removal.
+
+    Raises:
+        SearchtuneError: there is no such alias, the model has versions (promote one
+            instead), or the alias points at an existing version.
+        AliasConflict: the alias changed since ``state`` was read.
+    """
+    ref = f"{layout.root}/{model}"
+    if state.raw is None:
+        raise SearchtuneError(f"model '{model}' has no {alias} alias in {layout.root}; there is nothing to repair")
+    if visible:
+        listed = ", ".join(f"v{n}" for n in sorted(visible))
+        raise SearchtuneError(f"say which version {alias} should point at ({listed}): "
+                              f"'searchtune models promote {ref} VERSION --repair'")
+    if state.record is not None:
+        record_history(layout, model, alias, state.record)  # a mover that died before writing it
+    problem = state.problem or f"points at v{state.version}, which has no manifest"
+    known, _problems = history_records(layout, model, alias)
+    seq = max([*known, 0 if state.record is None else state.record["seq"]]) + 1
+    record = {"alias": alias, "model": model, "version": None, "previous_version": state.version, "seq": seq,
+              "moved_at": now(), "moved_by": actor, "run_id": "", "reason": reason,
+              "cleared": f"{problem}; '{model}' had no version"}
+    if read(layout, model, alias).raw != state.raw:
+        raise AliasConflict(f"{model}@{alias} changed while being cleared; look again", None)
+    storage.delete(state.uri)
+    storage.create_bytes(layout.history_record(model, alias, seq), dumps(record))
+    log.info("%s@%s: removed (%s); history #%d records it", model, alias, problem, seq)
     return record

@@ -8,6 +8,9 @@ Layout below the root (a local folder or ``gs://bucket/prefix``)::
     <model>/aliases/<alias>.json          {version, previous_version, moved_at, moved_by, ...}
     <model>/aliases/history/<alias>/<seq>.json   one record per alias move, created-if-absent
     <model>/candidates/<time>-<run>.json  one record per evaluated candidate, created-if-absent
+    <model>/leases/<n>.<expiry>.<reader>.json   a version being read (``leases``): prune keeps it
+    <model>/prune-lock.json               held while ``models prune`` runs (``retention``)
+    <model>/versions/<n>/PRUNING.json     a version being pruned: its manifest, moved aside
     _probes/<host>-<pid>-<random>.json    short-lived objects of ``check_writable``
 
 Model and alias names start with a letter or digit, so ``_probes`` can never be a model
@@ -31,6 +34,7 @@ DEFAULT_MODEL_NAME = "searchtune-relevance"
 PRODUCTION = "production"
 MANIFEST = "MANIFEST.json"
 CLAIM = "CLAIM"
+PRUNING = "PRUNING.json"
 PROBES = "_probes"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 VERSION_REF = re.compile(r"^v?(\d+)$")
@@ -84,6 +88,16 @@ def default_actor() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
+def stamp(moment: _dt.datetime) -> str:
+    """A UTC time as it appears in object names, e.g. ``20261124T055557Z`` (sorts in time order)."""
+    return moment.astimezone(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def parse_stamp(text: str) -> _dt.datetime:
+    """The time ``stamp`` wrote."""
+    return _dt.datetime.strptime(text, "%Y%m%dT%H%M%SZ").replace(tzinfo=_dt.timezone.utc)
+
+
 def v(version: int | None) -> str:
     """``v3``, or ``nothing`` for an alias that points nowhere."""
     return "nothing" if version is None else f"v{version}"
@@ -127,6 +141,15 @@ class Layout:
 
     def candidates(self, model: str) -> str:
         return storage.join(self.model(model), "candidates")
+
+    def leases(self, model: str) -> str:
+        return storage.join(self.model(model), "leases")
+
+    def prune_lock(self, model: str) -> str:
+        return storage.join(self.model(model), "prune-lock.json")
+
+    def pruning(self, model: str, version: int) -> str:
+        return storage.join(self.version(model, version), PRUNING)
 
     def probes(self) -> str:
         return storage.join(self.root, PROBES)

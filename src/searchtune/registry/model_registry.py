@@ -4,7 +4,8 @@ The class is the registry's one entry point; the work is done by the modules nex
 ``layout`` (where things are), ``versions`` (claim, register, fetch: visible only once the
 manifest is written last), ``aliases`` (compare-and-swap moves, history, repair of an
 unreadable record), ``candidates`` (the log of blessed and refused candidates),
-``verify`` (checksums, manifests, aliases) and ``probe`` (is the root usable at all).
+``verify`` (checksums, manifests, aliases), ``probe`` (is the root usable at all),
+``leases`` (a version being read), ``retention`` (prune) and ``cleanup`` (killed writers' files).
 Their docstrings state the guarantees. This module runs past 300 lines because it is the
 registry's documented public surface: most of it is the methods' docstrings, each method
 a few lines handing over to one of those modules.
@@ -16,7 +17,8 @@ import logging
 import os
 
 from searchtune.errors import SearchtuneError
-from searchtune.registry import aliases, candidates, probe, versions
+from searchtune.io import storage
+from searchtune.registry import aliases, candidates, cleanup, leases, probe, retention, versions
 from searchtune.registry import verify as verification
 from searchtune.registry.layout import NAME, PRODUCTION, VERSION_REF, Layout, check_name
 
@@ -46,11 +48,19 @@ class ModelRegistry:
     def versions(self, model: str) -> list[dict]:
         """Manifests of the visible versions of ``model``, ascending by version number.
 
+        A version pruned between the listing and the reading of its manifest is left out.
+
         Raises:
             SearchtuneError: a manifest cannot be read (naming it; ``verify`` says more).
         """
         _claimed, visible = versions.numbers_in_use(self.layout, model)
-        return [versions.read_manifest(self.layout, model, n) for n in sorted(visible)]
+        found = []
+        for number in sorted(visible):
+            try:
+                found.append(versions.read_manifest(self.layout, model, number))
+            except storage.Missing:
+                log.info("%s v%d was pruned while being listed", model, number)
+        return found
 
     def version_health(self, model: str) -> list[dict]:
         """Every visible version with the problems a cheap check finds, ascending.
@@ -68,6 +78,8 @@ class ModelRegistry:
         for number in sorted(visible):
             try:
                 manifest = versions.read_manifest(self.layout, model, number)
+            except storage.Missing:
+                continue  # pruned since the listing
             except SearchtuneError as error:
                 health.append({"version": number, "manifest": None, "problems": [str(error)]})
                 continue
@@ -137,15 +149,21 @@ class ModelRegistry:
         """The bytes of one file of a version (e.g. ``"evaluation.json"``), checked against the manifest."""
         return versions.read_checked(self.version(model, ref), path)
 
-    def models(self) -> list[str]:
-        """Names of the models that have at least one visible version."""
-        return versions.model_names(self.layout)
+    def models(self, stored: bool = False) -> list[str]:
+        """Names of the models that have at least one visible version.
+
+        Args:
+            stored: also models with only claims or aliases left (e.g. ``production``
+                pointing at a version that is gone): what ``verify`` must look at.
+        """
+        return versions.model_names(self.layout, stored)
 
     def fetch(self, model: str, ref: int | str, dest: str) -> str:
         """Download a version's files into the local folder ``dest`` and verify every checksum.
 
         ``dest`` is either complete or not there (see ``versions.fetch``); it must not
-        exist or be an empty folder.
+        exist or be an empty folder. A read lease (``leases``) keeps ``prune`` from deleting
+        the version meanwhile.
 
         Args:
             model: the model's name.
@@ -161,8 +179,14 @@ class ModelRegistry:
         """
         if os.path.exists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):
             raise SearchtuneError(f"{dest}: already exists and is not an empty folder")
-        manifest = self.version(model, ref)
-        versions.fetch(manifest, dest)
+        number = self.resolve(model, ref)
+        with leases.held(self.layout, model, number, purpose=f"fetch to {os.path.abspath(dest)}"):
+            try:  # the manifest is read after the lease exists: a prune sees one or we see it gone
+                manifest = versions.read_manifest(self.layout, model, number)
+            except storage.Missing:
+                raise SearchtuneError(f"model '{model}' has no version {number} any more (pruned just now); "
+                                      f"{self._describe_refs(model)}") from None
+            versions.fetch(manifest, dest)
         log.info("fetched %s v%d (%d files) to %s", model, manifest["version"], len(manifest["files"]), dest)
         return dest
 
@@ -243,10 +267,33 @@ class ModelRegistry:
             repair: replace the alias record even if it cannot be read (history is kept).
         """
         state = aliases.read(self.layout, model, PRODUCTION)
+        self._refuse_if_nothing_left(model, state)
         if state.problem and not repair:
             raise aliases.unreadable(self.layout, model, PRODUCTION, state)
         return aliases.move(self.layout, model, PRODUCTION, state, self.resolve(model, version), expected=state.version,
                             actor=actor, reason=reason, run_id=run_id, repair=repair)
+
+    def clear_production(self, model: str, actor: str, reason: str) -> dict:
+        """Remove a ``production`` alias that points nowhere, on a model that has no version left.
+
+        See ``aliases.clear``: the way out when nothing exists to promote; the next run starts
+        as a first run. Returns the history record of the removal.
+        """
+        state = aliases.read(self.layout, model, PRODUCTION)
+        visible = versions.numbers_in_use(self.layout, model)[1]
+        if state.record is not None and state.version in visible:
+            raise SearchtuneError(f"{model}@production points at v{state.version}, which exists; nothing to repair")
+        return aliases.clear(self.layout, model, PRODUCTION, state, visible, actor=actor, reason=reason)
+
+    def _refuse_if_nothing_left(self, model: str, state: aliases.AliasState) -> None:
+        """Raise the how-to-start-again line if ``production`` is broken and no version exists."""
+        if state.raw is None or (state.record is not None and storage.exists(self.layout.manifest(model, state.version))):
+            return  # absent, or pointing at a version that exists: nothing wedged (no listing needed)
+        if versions.numbers_in_use(self.layout, model)[1]:
+            return
+        what = (f"alias record cannot be read ({state.problem})" if state.problem
+                else f"points at v{state.version}, which has no manifest")
+        raise aliases.no_version_left(self.layout, model, PRODUCTION, what)
 
     def rollback(self, model: str, actor: str, reason: str, repair: bool = False) -> dict:
         """Point ``production`` back at the version it pointed at before its last move.
@@ -262,6 +309,7 @@ class ModelRegistry:
             repair: allow replacing an unreadable alias record.
         """
         state = aliases.read(self.layout, model, PRODUCTION)
+        self._refuse_if_nothing_left(model, state)
         if state.problem and not repair:
             raise aliases.unreadable(self.layout, model, PRODUCTION, state)
         target, expected = aliases.rollback_target(self.layout, model, PRODUCTION, state)
@@ -288,6 +336,18 @@ class ModelRegistry:
         """
         probe.check_writable(self.layout, model)
 
+    def check_production(self, model: str) -> dict | None:
+        """The production manifest after a cheap check of its files; None if there is no production.
+
+        One listing of the version plus its manifest: every file must be there with the
+        size the manifest gives (content is checked by ``verify`` and ``fetch``).
+
+        Raises:
+            SearchtuneError: one line naming the alias or version, what is wrong and the
+                command that fixes it.
+        """
+        return probe.check_production(self.layout, model)
+
     def verify(self, model: str, ref: int | str | None = None) -> verification.Report:
         """Check every visible version and alias of ``model`` (or one ref), reading every byte.
 
@@ -309,6 +369,23 @@ class ModelRegistry:
             raise SearchtuneError(f"model '{model}' has no alias '{text}'; {self._describe_refs(model)}")
         visible = versions.numbers_in_use(self.layout, model)[1]
         return verification.verify(self.layout, model, [state.version] if state.version in visible else [], [text])
+
+    def prune(self, model: str, keep: int, *, dry_run: bool, actor: str,
+              min_age_minutes: float = retention.MIN_AGE_MINUTES) -> retention.Outcome:
+        """Delete versions beyond the newest ``keep`` that no alias, rollback, reader or registering run needs.
+
+        See ``retention`` for what is kept and why it is safe while runs go on.
+        """
+        return retention.prune(self.layout, model, keep, dry_run=dry_run, actor=actor, min_age_minutes=min_age_minutes)
+
+    def remove_leftovers(self, models: list[str] | None = None) -> tuple[list[cleanup.Leftover], list[cleanup.Leftover]]:
+        """(removed, kept): temporary files killed writers left below these models (None: the root); see ``cleanup``.
+
+        Kept are those changed too recently to rule out a write in progress.
+        """
+        found = cleanup.find(self.layout, models)
+        removed = cleanup.remove(found)
+        return removed, [leftover for leftover in found if leftover not in removed]
 
     def record_candidate(self, model: str, record: dict) -> dict:
         """Append a blessed or refused candidate to ``<model>/candidates/`` (never overwrites).

@@ -7,6 +7,10 @@ lists (model names start with a letter or digit), and is gone when the check ret
 Locally, the folders it had to create stay (empty): removing them raced with a second
 run checking the same new registry at the same moment, whose probe then lost its folder
 between writing and linking (tests/test_hostile_runs.py starts two such runs).
+
+``check_production`` is the cheap look at the version ``production`` points at that a run
+makes before any work: its files present with their manifest's sizes (no checksums), so a
+broken champion stops the run in seconds instead of after training.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import uuid
 from searchtune.errors import SearchtuneError
 from searchtune.io import storage
 from searchtune.registry import aliases, versions
-from searchtune.registry.layout import Layout, default_actor, dumps, now
+from searchtune.registry.layout import PRODUCTION, Layout, default_actor, dumps, now
 
 
 def _hint(layout: Layout, error: SearchtuneError) -> str:
@@ -77,8 +81,37 @@ def check_writable(layout: Layout, model: str | None = None) -> None:
     _claimed, visible = versions.numbers_in_use(layout, model)
     for name in aliases.names(layout, model):
         state = aliases.read(layout, model, name)
+        if state.problem and not visible:
+            raise aliases.no_version_left(layout, model, name, f"alias record cannot be read ({state.problem})")
         if state.problem:
             raise aliases.unreadable(layout, model, name, state)
         if state.version not in visible:
-            raise SearchtuneError(f"{state.uri}: points at v{state.version}, which has no manifest; point it at "
-                                  f"an existing version ('searchtune models promote {layout.root}/{model} VERSION')")
+            raise aliases.dangling(layout, model, name, state, visible)
+
+
+def check_production(layout: Layout, model: str) -> dict | None:
+    """The production manifest if its files are all there with the right sizes; None if unset.
+
+    Raises:
+        SearchtuneError: the alias cannot be read or points nowhere, or a file is missing
+            or of another size (the first problems named, with the commands that fix it).
+    """
+    state = aliases.read(layout, model, PRODUCTION)
+    if state.raw is None:
+        return None
+    if state.problem:
+        raise aliases.unreadable(layout, model, PRODUCTION, state)
+    listed = storage.list_sizes(layout.version(model, state.version))
+    if layout.manifest(model, state.version) not in listed:
+        raise aliases.dangling(layout, model, PRODUCTION, state, versions.numbers_in_use(layout, model)[1])
+    manifest = versions.read_manifest(layout, model, state.version)
+    problems = versions.missing_or_resized(manifest, listed)
+    if not problems:
+        return manifest
+    ref = f"{layout.root}/{model}"
+    more = f" (and {len(problems) - 2} more)" if len(problems) > 2 else ""
+    back = state.record.get("previous_version")
+    rollback = f"'searchtune models rollback {ref}' (to v{back}), " if back is not None else ""
+    raise SearchtuneError(f"production of '{model}' is v{state.version}, whose files do not match its manifest: "
+                          f"{'; '.join(problems[:2])}{more}; point production at a sound version: {rollback}"
+                          f"'searchtune models promote {ref} VERSION'; details: 'searchtune models verify {ref}'")

@@ -7,7 +7,8 @@ besides ``CLAIM`` and ``MANIFEST.json``. For each alias: the record parses, poin
 visible version, and its history records parse, are named by their ``seq`` and have no
 holes. A history record that only the next move would write (a mover died between the two
 writes) is a note, not a problem: the registry repairs it itself. So are numbers claimed
-without a manifest (an abandoned or still running registration).
+without a manifest (an abandoned or still running registration), versions hidden by a prune
+that did not finish (the next prune finishes it), and versions pruned while being verified.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import dataclasses
 from searchtune.errors import SearchtuneError
 from searchtune.io import storage
 from searchtune.registry import aliases, versions
-from searchtune.registry.layout import CLAIM, MANIFEST, Layout
+from searchtune.registry.layout import CLAIM, MANIFEST, PRUNING, Layout
 
 
 @dataclasses.dataclass
@@ -40,6 +41,7 @@ class AliasCheck:
     version: int | None
     problems: list[str] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
+    fix: str | None = None  # the command that repairs it, when there is one
 
 
 @dataclasses.dataclass
@@ -48,6 +50,8 @@ class Report:
 
     Attributes:
         incomplete: numbers claimed without a manifest (not problems).
+        being_pruned: numbers a prune hid and has not finished deleting (not problems).
+        pruned_meanwhile: versions that a prune removed while they were being checked.
     """
 
     model: str
@@ -55,6 +59,8 @@ class Report:
     versions: list[VersionCheck]
     aliases: list[AliasCheck]
     incomplete: list[int] = dataclasses.field(default_factory=list)
+    being_pruned: list[int] = dataclasses.field(default_factory=list)
+    pruned_meanwhile: list[int] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -98,7 +104,7 @@ def check_version(layout: Layout, model: str, number: int, listed: dict[str, int
                                   f"{entry['size']} bytes sha256 {entry['sha256'][:12]}…")
         check.files += 1
         check.bytes += size
-    expected = {p["path"] for p in manifest["files"]} | {CLAIM, MANIFEST}
+    expected = {p["path"] for p in manifest["files"]} | {CLAIM, MANIFEST, PRUNING}  # PRUNING: being given back
     for uri in listed:
         if uri.startswith(check.uri + "/") and storage.relative(uri, check.uri) not in expected:
             check.problems.append(f"{storage.relative(uri, check.uri)}: stored but not in the manifest")
@@ -109,13 +115,17 @@ def check_alias(layout: Layout, model: str, alias: str, claimed: set[int], visib
     """Verify an alias record, where it points, and its history."""
     state = aliases.read(layout, model, alias)
     check = AliasCheck(alias, state.uri, state.version)
+    ref = f"{layout.root}/{model}"
     if state.raw is None:
         check.problems.append("no alias record")
     elif state.problem:
         check.problems.append(f"alias record cannot be read ({state.problem})")
+        check.fix = f"searchtune models promote {ref} {'VERSION ' if visible else ''}--repair"
     elif state.version not in visible:
         why = "claimed but never completed" if state.version in claimed else "no such version"
         check.problems.append(f"points at v{state.version}, which has no manifest ({why})")
+        check.fix = (f"searchtune models promote {ref} VERSION (one of {', '.join(f'v{n}' for n in sorted(visible))})"
+                     if visible else f"searchtune models promote {ref} --repair (no version left: removes the alias)")
     known, history_problems = aliases.history_records(layout, model, alias)
     check.problems.extend(history_problems)
     current_seq = None if state.record is None else state.record["seq"]
@@ -145,5 +155,12 @@ def verify(layout: Layout, model: str, numbers: list[int] | None = None, alias_n
     checked = [check_version(layout, model, n, listed) for n in (sorted(visible) if numbers is None else numbers)]
     names = aliases.names(layout, model) if alias_names is None else alias_names
     alias_checks = [check_alias(layout, model, name, claimed, visible) for name in names]
-    incomplete = sorted(claimed - visible) if numbers is None else []
-    return Report(model, layout.root, checked, alias_checks, incomplete)
+    hidden = versions.numbers_being_pruned(layout, model, listed)
+    report = Report(model, layout.root, checked, alias_checks)
+    if numbers is None:
+        report.incomplete, report.being_pruned = sorted(claimed - visible - hidden), sorted(hidden)
+    if any(c.problems for c in checked):  # a prune running now removes versions under our feet: not damage
+        _claimed, still_visible = versions.numbers_in_use(layout, model)
+        report.pruned_meanwhile = [c.version for c in checked if c.version not in still_visible]
+        report.versions = [c for c in checked if c.version in still_visible]
+    return report

@@ -24,7 +24,18 @@ import uuid
 
 from searchtune.errors import SearchtuneError
 from searchtune.io import storage
-from searchtune.registry.layout import CLAIM, MANIFEST, NAME, Layout, check_name, default_actor, dumps, now, sha256_file
+from searchtune.registry.layout import (
+    CLAIM,
+    MANIFEST,
+    NAME,
+    PRUNING,
+    Layout,
+    check_name,
+    default_actor,
+    dumps,
+    now,
+    sha256_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +62,19 @@ def numbers_in_use(layout: Layout, model: str, listed: dict[str, int] | None = N
             if parts[1:] == [MANIFEST]:
                 manifested.add(int(parts[0]))
     return claimed, manifested
+
+
+def numbers_being_pruned(layout: Layout, model: str, listed: dict[str, int]) -> set[int]:
+    """Numbers a prune has hidden (``PRUNING.json``, no manifest): the next prune finishes them."""
+    versions_uri = layout.versions(model)
+    hidden, manifested = set(), set()
+    for uri in listed:
+        parts = storage.relative(uri, versions_uri).split("/")
+        if parts[0].isdigit() and parts[1:] == [PRUNING]:
+            hidden.add(int(parts[0]))
+        elif parts[0].isdigit() and parts[1:] == [MANIFEST]:
+            manifested.add(int(parts[0]))
+    return hidden - manifested
 
 
 def read_manifest(layout: Layout, model: str, version: int) -> dict:
@@ -116,12 +140,21 @@ def hash_object(uri: str) -> tuple[int, str]:
     return sink.size, sink.digest.hexdigest()
 
 
-def model_names(layout: Layout) -> list[str]:
-    """Names of the models that have at least one visible version (one listing of the root)."""
+def model_names(layout: Layout, stored: bool = False) -> list[str]:
+    """Names of the models that have at least one visible version (one listing of the root).
+
+    Args:
+        layout: the registry's layout.
+        stored: also the models that have anything below ``versions/`` or ``aliases/``
+            (e.g. an alias left pointing at versions that are all gone).
+    """
     names = set()
     for uri in storage.list_prefix(layout.root):
         parts = storage.relative(uri, layout.root).split("/")
-        if len(parts) == 4 and parts[1] == "versions" and parts[3] == MANIFEST and NAME.match(parts[0]):
+        if len(parts) < 3 or not NAME.match(parts[0]):
+            continue
+        if (len(parts) == 4 and parts[1] == "versions" and parts[3] == MANIFEST) or (
+                stored and parts[1] in ("versions", "aliases")):
             names.add(parts[0])
     return sorted(names)
 
@@ -224,7 +257,7 @@ def _describe_files(files_dir: str) -> list[dict]:
     files = []
     for path in storage.list_prefix(files_dir):
         rel = storage.relative(path, files_dir)
-        if rel in (MANIFEST, CLAIM):
+        if rel in (MANIFEST, CLAIM, PRUNING):
             raise SearchtuneError(f"{path}: '{rel}' is a name the registry reserves")
         files.append({"path": rel, "size": os.path.getsize(path), "sha256": sha256_file(path)})
     if not files:

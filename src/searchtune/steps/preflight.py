@@ -1,10 +1,12 @@
 """Preflight step: everything that can be checked before any data is read or any GPU is held.
 
 It runs first and is never cached. It validates every run parameter (ranges, choices,
-the rules between them), proves the registry reachable and writable, resolves the base
-model and checks that the LoRA targets exist in it, resolves ``init_from`` (the version a
-warm start continues, ``steps.warm_start``), and lists the input files with their
-versions. A bad run stops here in seconds with one line, not after training.
+the rules between them), proves the registry reachable and writable, checks that the
+production version's files are all there with their sizes (the champion the evaluation
+compares against; no checksums, so it costs one listing), resolves the base model and
+checks that the LoRA targets exist in it, resolves ``init_from`` (the version a warm start
+continues, ``steps.warm_start``), and lists the input files with their versions. A bad run
+stops here in seconds with one line, not after training.
 
 The listing has a second job: ``data_version``, a digest of every input file's name,
 size and version (GCS generation or local mtime), is the input that keys the ingest
@@ -74,6 +76,20 @@ def check_base_model(params: TrainParams) -> str:
     return base
 
 
+def check_registry(registry_root: str, model_name: str) -> None:
+    """The registry is writable, its aliases point at versions, and production's files are all there.
+
+    A production version with a missing or truncated file would only be found after
+    training, when the evaluation fails closed on a champion it cannot fetch.
+    """
+    registry = ModelRegistry(registry_root)
+    registry.check_writable(model_name)
+    production = registry.check_production(model_name)
+    if production is not None:
+        log.info("preflight: production is %s v%d, %d file(s) present with their sizes", model_name,
+                 production["version"], len(production["files"]))
+
+
 def preflight(params: RunParameters, run_id: str, output_dir: str) -> records.RunRecord:
     """Run the preflight step.
 
@@ -86,7 +102,8 @@ def preflight(params: RunParameters, run_id: str, output_dir: str) -> records.Ru
         The run record, also written to ``run.json``.
 
     Raises:
-        SearchtuneError: the registry is missing, unreachable or read-only, the base model
+        SearchtuneError: the registry is missing, unreachable or read-only, the production
+            version lacks a file or has one of another size, the base model
             or a LoRA target cannot be found, the data location holds no file, or
             ``init_from`` names no version or one this run cannot continue.
     """
@@ -100,7 +117,7 @@ def preflight(params: RunParameters, run_id: str, output_dir: str) -> records.Ru
     # With the model name, a broken or dangling production alias is caught here too, not at registration.
     # Read-only, so a bad init_from leaves a registry that does not exist yet uncreated too.
     warm = warm_start.resolve(params.registry_root, params.model_name, params.group(TrainParams), base)
-    ModelRegistry(params.registry_root).check_writable(params.model_name)
+    check_registry(params.registry_root, params.model_name)
     record = records.RunRecord(
         run_id=run_id, started_at=records.now(), parameters=params.model_dump(), data_files=files,
         data_version=data_version(files), base_model=base, registry_root=params.registry_root, code=code_version(),
