@@ -119,3 +119,44 @@ def test_index_files_that_do_not_belong_together_are_refused(default_index, tmp_
     (broken / "index.json").write_text(json.dumps({**record, "count": record["count"] + 1}))
     with pytest.raises(SearchtuneError, match="do not belong together"):
         vector_index.VectorIndex(str(broken))
+
+
+def damaged_copy(default_index, tmp_path, damage) -> str:
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(default_index, broken)
+    damage(broken)
+    return str(broken)
+
+
+def test_a_truncated_index_file_is_refused_naming_it(default_index, tmp_path):
+    def truncate(folder):
+        data = (folder / vector_index.INDEX_FILE).read_bytes()
+        (folder / vector_index.INDEX_FILE).write_bytes(data[: len(data) // 2])
+
+    broken = damaged_copy(default_index, tmp_path, truncate)
+    with pytest.raises(SearchtuneError, match=r"index.faiss is damaged: faiss cannot read it \("):
+        vector_index.VectorIndex(broken)
+
+
+def test_a_missing_or_damaged_ids_file_is_refused_naming_it(default_index, tmp_path):
+    broken = damaged_copy(default_index, tmp_path, lambda folder: (folder / vector_index.IDS_FILE).unlink())
+    with pytest.raises(SearchtuneError, match=r"ids.parquet is missing: the product index is incomplete"):
+        vector_index.VectorIndex(broken)
+    (tmp_path / "broken" / vector_index.IDS_FILE).write_bytes(b"PAR1 not really parquet")
+    with pytest.raises(SearchtuneError, match=r"ids.parquet is damaged: "):
+        vector_index.VectorIndex(broken)
+
+
+def test_shuffled_ids_are_refused_because_rows_would_answer_with_the_wrong_products(default_index, tmp_path):
+    def shuffle(folder):
+        ids = pd.read_parquet(folder / vector_index.IDS_FILE)
+        ids.iloc[::-1].reset_index(drop=True).to_parquet(folder / vector_index.IDS_FILE, index=False)
+
+    broken = damaged_copy(default_index, tmp_path, shuffle)
+    assert sorted(pd.read_parquet(f"{broken}/{vector_index.IDS_FILE}")[vector_index.ID_COLUMN]) == sorted(
+        pd.read_parquet(f"{default_index}/{vector_index.IDS_FILE}")[vector_index.ID_COLUMN])
+    with pytest.raises(SearchtuneError, match="holds other ids, or the same ids in another order"):
+        vector_index.VectorIndex(broken)
+    assert json.loads(open(f"{default_index}/index.json").read())["ids_sha256"]

@@ -180,3 +180,24 @@ def test_a_registry_version_copied_as_kserve_does_is_verified_then_served(traine
     with pytest.raises(SearchtuneError, match=r"index\.faiss: size or sha256 differs from .*MANIFEST\.json"):
         with LocalServer(["--model-dir", str(mounted), "--model-name", NAME], str(tmp_path / "corrupt.log"), ready_timeout=120):
             pass
+
+
+def test_a_damaged_index_keeps_the_server_from_becoming_ready_even_with_no_verify(trained_model_dir, splits_dir, tmp_path):
+    """Files are not trusted blindly: the server stops with one line instead of answering from shuffled ids."""
+    import pandas as pd
+
+    from searchtune.errors import SearchtuneError
+    from searchtune.ml import vector_index
+
+    index_dir = tmp_path / "index"
+    index_step.build_index(trained_model_dir, splits_dir, str(index_dir), threads=1)
+    ids = pd.read_parquet(index_dir / vector_index.IDS_FILE)
+    ids.iloc[::-1].reset_index(drop=True).to_parquet(index_dir / vector_index.IDS_FILE, index=False)
+    log = tmp_path / "server.log"
+    with pytest.raises(SearchtuneError, match="did not become ready"):
+        with LocalServer(["--model-dir", trained_model_dir, "--index-dir", str(index_dir), "--model-name", NAME,
+                          "--no-verify"], str(log), ready_timeout=120):
+            pass
+    errors = [line for line in log.read_text().splitlines() if line.startswith("searchtune: error:")]
+    assert len(errors) == 1 and "holds other ids, or the same ids in another order" in errors[0]
+    assert "Traceback" not in log.read_text(), "no traceback, for the failure or for the readiness probes before it"

@@ -297,6 +297,7 @@ class IndexRecord(Record):
     recall_probes: str = ""
     build_seconds: float = 0.0
     faiss_version: str = ""
+    ids_sha256: str = ""  # of the ids in row order: a reordered or swapped ids file is refused when served
     model_fingerprint: str = ""
     architecture: str = ""
     max_length: int = 0

@@ -20,6 +20,7 @@ Kinds (vectors are unit length, so inner product = cosine):
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -137,9 +138,18 @@ def save(folder: str, index, ids: list[str] | np.ndarray, record: IndexRecord) -
         faiss.write_index(index, os.path.join(folder, INDEX_FILE))
         pq.write_table(pa.table({ID_COLUMN: pa.array(list(ids), pa.string())}), os.path.join(folder, IDS_FILE))
     record = record.model_copy(update={"faiss_version": faiss.__version__ if record.kind != "none" else "",
+                                       "ids_sha256": ids_digest(list(ids)) if record.kind != "none" else "",
                                        "created_at": record.created_at or now()})
     record.write(folder)
     return record
+
+
+def ids_digest(ids) -> str:
+    """sha256 of the product ids in row order (each id, then a NUL)."""
+    digest = hashlib.sha256()
+    for product_id in ids:
+        digest.update(str(product_id).encode() + b"\0")
+    return digest.hexdigest()
 
 
 class VectorIndex:
@@ -159,11 +169,28 @@ class VectorIndex:
         self.record = IndexRecord.read(folder)
         if self.record.kind == "none":
             raise SearchtuneError(f"{folder} holds no product index: {self.record.reason}")
-        self.index = faiss.read_index(str(Path(folder) / INDEX_FILE))
-        ids = pq.read_table(Path(folder) / IDS_FILE, columns=[ID_COLUMN]).column(ID_COLUMN).to_numpy(zero_copy_only=False)
+        # Damaged files are refused here, with or without the registry's checksums (serve --no-verify).
+        for name in (INDEX_FILE, IDS_FILE):
+            if not (Path(folder) / name).is_file():
+                raise SearchtuneError(f"{Path(folder) / name} is missing: the product index is incomplete")
+        try:
+            self.index = faiss.read_index(str(Path(folder) / INDEX_FILE))
+        except RuntimeError as error:
+            raise SearchtuneError(f"{Path(folder) / INDEX_FILE} is damaged: faiss cannot read it "
+                                  f"({_first_line(error)})") from None
+        try:
+            ids = pq.read_table(Path(folder) / IDS_FILE, columns=[ID_COLUMN]).column(ID_COLUMN).to_numpy(zero_copy_only=False)
+        except (OSError, KeyError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+            raise SearchtuneError(f"{Path(folder) / IDS_FILE} is damaged: {_first_line(error)}") from None
         if self.index.ntotal != len(ids) or self.index.ntotal != self.record.count:
             raise SearchtuneError(f"{folder}: {self.index.ntotal} vectors, {len(ids)} ids and a record of "
                                   f"{self.record.count}: the index files do not belong together")
+        if self.record.ids_sha256 and ids_digest(ids) != self.record.ids_sha256:
+            raise SearchtuneError(f"{Path(folder) / IDS_FILE} holds other ids, or the same ids in another order, than "
+                                  f"the index was built with: rows would answer with the wrong products")
+        if not self.record.ids_sha256:
+            log.warning("%s: the index record has no digest of its ids (built before searchtune checked them); "
+                        "their order is trusted", folder)
         self.ids = ids.astype(object)
         self._lookup = pd.Index(self.ids)
         self._lookup.get_indexer(self.ids[:1])  # build the hash table now, not on the first request
@@ -197,3 +224,8 @@ class VectorIndex:
         scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         ids = np.where(rows >= 0, self.ids[np.maximum(rows, 0)], None)
         return np.where(rows >= 0, scores, -np.inf), ids
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__

@@ -187,6 +187,20 @@ def _argv_hidden():
         sys.argv = saved
 
 
+class NotReadyYet(logging.Filter):
+    """Drop KServe's traceback for each readiness probe answered 503 while the model loads.
+
+    Kubernetes probes every few seconds, so a one-minute load would log dozens of identical
+    tracebacks; the 503 itself is still in the access log, and the loading is one line.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from kserve.errors import ModelNotReady, ServerNotReady
+
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, (ServerNotReady, ModelNotReady))
+
+
 def serve(service, model_name: str, host: str, port: int, limits: HttpLimits) -> None:
     """Listen on ``host:port``, load the service in a thread, serve until SIGINT/SIGTERM.
 
@@ -234,6 +248,8 @@ def serve(service, model_name: str, host: str, port: int, limits: HttpLimits) ->
     rest.config.http = _guarded_protocol(limits)
     rest.config.limit_concurrency = limits.max_connections
     failure: list[BaseException] = []
+    logging.getLogger("kserve").addFilter(NotReadyYet())
+    log.info("loading the model and index; /v2/health/ready answers 503 until they are loaded")
 
     def load() -> None:
         try:
