@@ -242,31 +242,33 @@ def _prune(args: argparse.Namespace) -> int:
         raise SearchtuneError(f"--keep must be at least 1 (the newest version is always kept), got {args.keep}")
     if args.min_age < 0:
         raise SearchtuneError(f"--min-age must be 0 or more minutes, got {args.min_age:g}")
-    outcomes = [registry.prune(name, args.keep, dry_run=args.dry_run, actor=args.actor, min_age_minutes=args.min_age)
-                for name in names]
-    for outcome in outcomes:
-        doomed = outcome.doomed
-        print(f"{outcome.model}  ({registry.root}, {len(outcome.decisions)} version(s); keeping the newest "
-              f"{outcome.keep} and every version still needed)")
-        for decision in outcome.decisions:
-            if decision.kept_because is None:
-                verb = "would delete" if outcome.dry_run else ("kept" if decision.version in outcome.given_back
-                                                                else "deleted")
-                why = outcome.given_back.get(decision.version) or f"{decision.files} file(s), {decision.bytes / 1e6:.1f} MB"
-                print(f"  v{decision.version:<4} {verb:<12} {why}")
-            elif not decision.kept_because.startswith("newest"):
-                print(f"  v{decision.version:<4} {'keep':<12} {decision.kept_because}")
-        if outcome.expired_leases:
-            print(f"  removed {outcome.expired_leases} expired read lease(s)")
-        gone = [d for d in doomed if d.version in outcome.deleted]
-        if outcome.dry_run:
-            print(f"dry run: would delete {len(doomed)} version(s), {sum(d.bytes for d in doomed) / 1e6:.1f} MB; "
-                  "nothing changed")
-        else:
-            print(f"deleted {len(gone)} version(s), {sum(d.bytes for d in gone) / 1e6:.1f} MB")
-    if not outcomes:
+    for name in names:  # each model's outcome printed as it is done, should a later one be refused
+        _print_prune(registry.root, registry.prune(name, args.keep, dry_run=args.dry_run, actor=args.actor,
+                                                   min_age_minutes=args.min_age))
+    if not names:
         print(f"no models registered in {registry.root}")
     return 0
+
+
+def _print_prune(root: str, outcome) -> None:
+    print(f"{outcome.model}  ({root}, {len(outcome.decisions)} version(s); keeping the newest {outcome.keep} and "
+          "every version still needed)")
+    for decision in outcome.decisions:
+        if decision.kept_because is None:
+            verb = "would delete" if outcome.dry_run else "kept" if decision.version in outcome.given_back else "deleted"
+            why = outcome.given_back.get(decision.version) or f"{decision.files} file(s), {decision.bytes / 1e6:.1f} MB"
+            print(f"  v{decision.version:<4} {verb:<12} {why}")
+        elif not decision.kept_because.startswith("newest"):
+            print(f"  v{decision.version:<4} {'keep':<12} {decision.kept_because}")
+    if outcome.expired_leases:
+        print(f"  removed {outcome.expired_leases} expired read lease(s)")
+    doomed = outcome.doomed
+    if outcome.dry_run:
+        print(f"dry run: would delete {len(doomed)} version(s), {sum(d.bytes for d in doomed) / 1e6:.1f} MB; "
+              "nothing changed")
+    else:
+        gone = [d for d in doomed if d.version in outcome.deleted]
+        print(f"deleted {len(gone)} version(s), {sum(d.bytes for d in gone) / 1e6:.1f} MB")
 
 
 def _gate(record: dict) -> str:
