@@ -174,3 +174,24 @@ def test_statistics_at_another_confidence_are_refused():
     with pytest.raises(SearchtuneError, match="computed at confidence 0.9 but the rule asks 0.95"):
         decide(result, GateRule())
     assert decide(result, GateRule(confidence=0.9, require_beat_base=False)).blessed
+
+
+def test_a_test_split_too_small_to_decide_on_says_so_and_how_to_get_out():
+    """Once a production version exists, two test queries used to give "the difference from production v1
+    could not be computed; cannot decide": neither the cause nor the remedy. The reason now leads with both,
+    without the clauses that failed only because of it."""
+    rng, query, label, latent = split(9, queries=2)
+    scores = {"candidate": latent + 0.3 * rng.normal(size=len(label)), "base": latent + 2.5 * rng.normal(size=len(label)),
+              "production": latent + rng.normal(size=len(label))}
+    decision = decide(stats(query, label, scores), GateRule(), production_label="production v1", production_version=1)
+    queries = decision.statistics.counts.queries_with_both_classes
+    assert not decision.blessed and decision.decided_by == "test_split"
+    assert decision.reason == (f"{queries} test queries with both classes ({len(label)} rows) < min_test_queries 30: "
+                               "too few to decide; more data, or lower --min-test-queries")
+    # The clauses still say what they could not compute; the reason leaves them out.
+    assert "could not be computed" in clause(decision, "non_inferior_to_production").text
+    # A clause that fails on its own numbers is kept beside the cause.
+    weak = decide(stats(query, label, {"candidate": -latent}), GateRule(require_beat_base=False))
+    assert weak.reason.startswith(f"{queries} test queries with both classes") and "< min_auc 0.550" in weak.reason
+    one_class = decide(stats(query, np.ones(len(label), dtype=int), {"candidate": latent}), GateRule(require_beat_base=False))
+    assert one_class.reason.endswith("cannot decide: more data, or check --positive-threshold")

@@ -146,3 +146,46 @@ def test_two_runs_sharing_an_output_folder_and_a_registry_each_report_their_own(
     assert len(run_ids) == 2
     production = ModelRegistry(str(registry)).production("searchtune-relevance")
     assert production["version"] in (1, 2)
+
+
+@pytest.mark.slow
+def test_faults_of_the_input_stop_the_run_before_training_with_one_line(seeded_registry, tmp_path):
+    """A nested query column, a truncated archive and a symbolic link loop: one line naming the file and
+    the cause, exit 2, no traceback, nothing trained, the registry byte-identical (tests/test_input_faults.py
+    has each case and more at the ingest step's level)."""
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"q": f"query {q} rheostat", "title": f"Product {q}-{p}", "brand": "Brand", "rel": 1.0 + 2 * (p % 2)}
+            for q in range(60) for p in range(5)]
+    table = pa.Table.from_pylist(rows)
+    nested = tmp_path / "nested.parquet"
+    pq.write_table(table.set_column(0, "q", pa.array([[row["q"], "x"] for row in rows])), nested)
+    text = "q,title,brand,rel\n" + "".join(f"{r['q']},{r['title']},{r['brand']},{r['rel']}\n" for r in rows)
+    archive = gzip.compress(text.encode())
+    truncated = tmp_path / "cut.csv.gz"
+    truncated.write_bytes(archive[: len(archive) // 2])
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    (folder / "day1.csv").write_text(text)
+    os.symlink("day3.csv", folder / "day2.csv")
+    os.symlink("day2.csv", folder / "day3.csv")
+    mapping = ["--query-column", "q", "--text-columns", "title,brand", "--label-column", "rel"]
+    cases = [
+        (nested, "step ingest failed: ", f"{nested}: the query column 'q' holds a list per row (list<element: string>)"),
+        (truncated, "step ingest failed: ", f"{truncated}: truncated compressed data: the file ends at byte"),
+        (folder, "step preflight failed: ", "a symbolic link loop (it leads back to itself through day"),
+    ]
+    before = tree_digest(seeded_registry)
+    for data, step, message in cases:
+        output = tmp_path / f"runs-{data.name}"
+        result, _ = run_cli("--data", str(data), *mapping, registry=seeded_registry, output=output)
+        last = result.stderr.strip().splitlines()[-1]
+        assert result.returncode == 2, (data, result.stderr[-2000:])
+        assert last.startswith(f"searchtune: error: {step}") and message in last, (data, last)
+        assert "Traceback" not in result.stderr, data
+        steps = {p.name for run in output.iterdir() for kfp_run in run.iterdir() if kfp_run.is_dir() for p in kfp_run.iterdir()}
+        assert steps <= {"preflight", "ingest", "notify"}, (data, steps)
+    assert tree_digest(seeded_registry) == before

@@ -220,6 +220,7 @@ class LocalBackend:
 
     def list_sizes(self, uri: str) -> dict[str, int]:
         if not os.path.isdir(uri):
+            _refuse_broken_link(uri)
             return {}
         found = {}
         for directory, dirs, files in os.walk(uri):
@@ -228,9 +229,32 @@ class LocalBackend:
                 if is_temp(name):
                     continue
                 path = os.path.join(directory, name)
+                _refuse_broken_link(path)
                 with contextlib.suppress(FileNotFoundError):  # removed while we looked: not there
                     found[path] = os.stat(path).st_size
         return found
 
     def glob(self, pattern: str) -> list[str]:
-        return sorted(p for p in _glob.glob(pattern, recursive=True) if os.path.isfile(p))
+        matches = _glob.glob(pattern, recursive=True)
+        for path in matches:
+            _refuse_broken_link(path)
+        return sorted(p for p in matches if os.path.isfile(p))
+
+
+def _refuse_broken_link(path: str) -> None:
+    """A symbolic link that leads nowhere is refused, naming it: listed as a file, it would end in an
+    ``OSError [Errno 40]`` traceback (a loop), or be skipped without a word (a dangling link)."""
+    if not os.path.islink(path):
+        return
+    target = ""
+    try:
+        target = os.readlink(path)
+        os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):  # else the link itself was removed meanwhile: not there
+            raise SearchtuneError(f"{path}: a symbolic link to {target}, which does not exist") from None
+    except OSError as error:
+        if error.errno != errno.ELOOP:
+            raise
+        raise SearchtuneError(f"{path}: a symbolic link loop (it leads back to itself through {target}); "
+                              "remove it or point it at a file") from None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import codecs
 import io
+import os
+import zlib
 
 from searchtune.errors import SearchtuneError
 
@@ -16,7 +18,9 @@ class TextStream(io.RawIOBase):
     run, naming the file, the byte offset and the line; with a declared ASCII-compatible
     encoding (cp1252, latin-1, ...) such lines are decoded with it and counted in
     ``fallback_lines`` (so a file mixing UTF-8 and Latin-1 lines reads right); a declared
-    UTF-16/32 encoding decodes the whole file. Characters are never replaced.
+    UTF-16/32 encoding decodes the whole file. Characters are never replaced. A corrupt or
+    truncated archive under it (``raw`` a ``gzip.GzipFile``) stops the run naming the file and
+    the byte where reading failed.
     """
 
     def __init__(self, raw, path: str, encoding: str = "auto", block_bytes: int = 2 << 20):
@@ -24,7 +28,8 @@ class TextStream(io.RawIOBase):
         self.raw, self.path, self.fallback_lines, self.block_bytes = raw, path, 0, block_bytes
         self.offset = self.lines = 0  # bytes and newlines of the input consumed so far
         self.pending, self.carry = b"", b""
-        head = raw.read(4)
+        self.raw_bytes = 0  # bytes read from ``raw`` (decompressed, for an archive)
+        head = self._read_raw(4)
         boms = [(codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF8, "utf-8"),
                 (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be")]
         bom, name = next(((b, n) for b, n in boms if head.startswith(b)), (b"", ""))
@@ -55,7 +60,7 @@ class TextStream(io.RawIOBase):
         return size
 
     def _next_block(self) -> bytes | None:
-        data = self.raw.read(self.block_bytes)
+        data = self._read_raw(self.block_bytes)
         if self.transcoder is not None:
             text = self.transcoder.decode(self.carry + data, final=not data)
             self.carry = b""
@@ -75,6 +80,16 @@ class TextStream(io.RawIOBase):
         self.offset += cut
         self.lines += block.count(b"\n")
         return block
+
+    def _read_raw(self, size: int) -> bytes:
+        """The next bytes of the file. A corrupt or truncated archive, or a failing disk, is one line naming
+        the file and where it failed (gzip's own EOFError and zlib.error name neither)."""
+        try:
+            data = self.raw.read(size)
+        except (EOFError, zlib.error, OSError) as error:
+            raise SearchtuneError(f"{self.path}: {_read_failure(error, self.raw, self.raw_bytes)}") from None
+        self.raw_bytes += len(data)
+        return data
 
     def _decode_lines(self, block: bytes) -> bytes:
         out, offset = [], self.offset
@@ -98,6 +113,26 @@ class TextStream(io.RawIOBase):
         return b"\n".join(out)
 
 
+def _read_failure(error: Exception, raw, read: int) -> str:
+    """What failed and where: the byte of the file (of the compressed file, for an archive) and how much was read."""
+    under = getattr(raw, "fileobj", None)  # gzip.GzipFile: the file below the decompressor
+    try:
+        handle = under if under is not None else raw
+        where, size = handle.tell(), os.fstat(handle.fileno()).st_size
+    except (AttributeError, OSError, ValueError):
+        where = size = None
+    done = f"after {read:,} bytes {'decompressed' if under is not None else 'read'}"
+    if isinstance(error, EOFError):
+        return f"truncated compressed data: the file ends at byte {size:,} before its gzip stream does ({done}); " \
+               "was it cut short, or is it still being written?"
+    if "Not a gzipped file" in str(error):
+        return f"not gzip data, though its name ends in .gz: {error}"
+    near = f"near byte {where:,} of {size:,}, {done}" if size is not None else done
+    if isinstance(error, zlib.error) or type(error).__name__ == "BadGzipFile":
+        return f"corrupt compressed data {near}: {error}"
+    return f"read failed {near}: {getattr(error, 'strerror', None) or error}"
+
+
 def _ascii_compatible(encoding: str) -> bool:
     sample = "\n,\t{}\"abc09"
     try:
@@ -105,5 +140,3 @@ def _ascii_compatible(encoding: str) -> bool:
     except (LookupError, UnicodeError):
         return False
 
-
-# --------------------------------------------------------------------------- reading

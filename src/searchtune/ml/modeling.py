@@ -14,6 +14,7 @@ and product embeddings, cosine x learned scale + bias.
 import hashlib
 import logging
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -41,12 +42,38 @@ def resolve_base_model(base_model: str) -> str:
     return base_model
 
 
+# A Hugging Face id: a name, or namespace/name (letters, digits, '-', '_', '.').
+HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
+
+
+def check_local_base_model(base_model: str) -> None:
+    """Refuse a base model given as a local path that holds no model, naming what is wrong.
+
+    Without this, a path that does not exist reaches huggingface_hub as a repo id and is
+    refused as "Repo id must be in the form ...", which hides that the folder is missing.
+    """
+    path = Path(base_model)
+    looks_like_path = path.is_absolute() or base_model.startswith((".", "~")) or not HUB_ID.fullmatch(base_model)
+    if not looks_like_path and not path.is_dir():
+        return  # a hub id: transformers says whether it can be found
+    if not path.exists():
+        raise SearchtuneError(f"base model '{base_model}': no such folder (a local model folder, or a Hugging Face "
+                              "id such as sentence-transformers/all-MiniLM-L6-v2)")
+    if not path.is_dir():
+        raise SearchtuneError(f"base model '{base_model}': a file, not a model folder (one holding config.json, "
+                              "the tokenizer and the weights)")
+    if not any((path / name).is_file() for name in ("config.json", "tokenizer_config.json", "tokenizer.json")):
+        raise SearchtuneError(f"base model '{base_model}': the folder holds no config.json nor tokenizer files: not a "
+                              "Hugging Face model folder")
+
+
 def load_tokenizer(base_model: str):
     from transformers import AutoTokenizer
 
+    check_local_base_model(base_model)
     try:
         return AutoTokenizer.from_pretrained(base_model, use_fast=True)
-    except OSError as error:
+    except (OSError, ValueError) as error:  # ValueError: a folder whose tokenizer files cannot build a fast tokenizer
         raise SearchtuneError(f"cannot load the tokenizer of base model '{base_model}': {str(error).splitlines()[0]}") from None
 
 

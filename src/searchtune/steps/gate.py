@@ -6,7 +6,9 @@ clause that applies passes:
 
 1. ``test_split``: the test split has both classes and at least ``min_test_queries``
    queries behind the gate metric (queries with both classes for the query-grouped AUC,
-   all queries for the pooled AUC).
+   all queries for the pooled AUC). When it fails, the reason is its count with the remedy (more
+   data, or a lower ``--min-test-queries``), without the clauses whose intervals could not be
+   computed on so few queries: they fail because of it and would hide it.
 2. ``min_auc``: the candidate's gate metric (``gauc`` by default, ``roc_auc`` selectable)
    is at least ``min_auc``: a floor against a broken model, on the point value.
 3. ``beats_base``: the lower bound of (candidate - untuned base) is above 0: tuning helped,
@@ -96,6 +98,10 @@ def decide(statistics: StatsResult, rule: GateParams, *, production_label: str =
     # clauses), and says so when there was no production model to hold it against.
     shown = [c for c in clauses if (c.status == "passed" and c.name != "test_split")
              or (c.name == "non_inferior_to_production" and c.status == "skipped")] if blessed else failed
+    if failed and failed[0].name == "test_split":
+        # A split too small to decide on leaves the intervals uncomputed: those clauses are its
+        # consequence, and listing them would hide the cause and its remedy behind them.
+        shown = [failed[0], *(c for c in failed[1:] if c.value is not None)]
     reason = "; ".join(c.text for c in shown)
     if failed and failed[0].name not in ("test_split", "min_auc"):
         reason = f"{label}: {reason}"  # the comparison texts do not name the metric
@@ -108,11 +114,14 @@ def _test_split(stats: StatsResult, rule: GateParams) -> Clause:
     counts = stats.counts
     if counts.positives in (0, counts.rows):
         return Clause(name="test_split", status="failed",
-                      text=f"the test split has one class ({counts.positives} relevant of {counts.rows} rows); cannot decide")
+                      text=f"the test split has one class ({counts.positives} relevant of {counts.rows} rows); cannot decide: "
+                           "more data, or check --positive-threshold")
     queries, what = ((counts.queries_with_both_classes, "test queries with both classes") if rule.gate_metric == "gauc"
                      else (counts.queries, "test queries"))
     passed = queries >= rule.min_test_queries
     text = f"{queries} {what} ({counts.rows} rows) {'>=' if passed else '<'} min_test_queries {rule.min_test_queries}"
+    if not passed:  # the user's terms: why no interval can be trusted, and the two ways out
+        text += ": too few to decide; more data, or lower --min-test-queries"
     return Clause(name="test_split", status="passed" if passed else "failed", text=text, value=float(queries),
                   threshold=float(rule.min_test_queries))
 

@@ -34,6 +34,7 @@ reading and validation live in their own modules.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -54,6 +55,7 @@ from searchtune import records
 from searchtune.data import sample_data
 from searchtune.errors import SearchtuneError
 from searchtune.io import storage
+from searchtune.io.backend import Missing
 from searchtune.params import IngestParams
 from searchtune.steps.ingest_files import (  # noqa: F401  (READERS: the formats, re-exported for the index step)
     COMPRESSED_EXPANSION,
@@ -177,7 +179,8 @@ def partitions_for(sources: list[str]) -> int:
     total = 0
     for source in sources:
         kind, compressed = file_kind(source)
-        size = storage.stat(source)[0]
+        with vanished_is_named(source):
+            size = storage.stat(source)[0]
         total += size * (COMPRESSED_EXPANSION if compressed or kind == "parquet" else 1)
     return int(min(MAX_PARTITIONS, max(1, math.ceil(total / PARTITION_INPUT_BYTES))))
 
@@ -264,6 +267,7 @@ def ingest(
     params: IngestParams,
     fractions: SplitFractions = DEFAULT_FRACTIONS,
     rejects_path: str | None = None,
+    min_test_queries: int = 0,
 ) -> records.IngestStats:
     """Run the ingest step.
 
@@ -273,13 +277,17 @@ def ingest(
             columns hold query, product text and label, and the text encoding.
         fractions: query shares of the train and validation splits.
         rejects_path: where to write the rejected rows (default ``output_dir/rejects.parquet``).
+        min_test_queries: the gate's ``min_test_queries``: fewer queries in the test split and no
+            model could be blessed, so the run stops here, before training (0: not checked).
 
     Returns:
         The stats, also written to ``stats.json``.
 
     Raises:
-        SearchtuneError: unreadable or empty input, a missing column, text that is not
-            in the expected encoding, too many rejects, or a split left without both classes.
+        SearchtuneError: unreadable, corrupt or vanished input, a missing, duplicated or
+            nested column, text that is not in the expected encoding, too many rejects, too few
+            queries for the three splits, a split left without both classes, or a test split
+            smaller than ``min_test_queries``.
     """
     sources = storage.expand(params.data or sample_data.default_sample_path())
     for source in sources:
@@ -313,11 +321,7 @@ def ingest(
         for writer in writers.values():
             writer.close()
         split_stats = {name: writer.stats() for name, writer in writers.items()}
-        for name, writer in writers.items():
-            if writer.positives in (0, writer.rows):
-                raise SearchtuneError(
-                    f"the {name} split has {writer.rows} rows and {min(writer.rows, 1)} label class(es); "
-                    "need both positives and negatives (more data, or check --positive-threshold)")
+        check_splits(writers, fractions, min_test_queries)
     except BaseException:
         for writer in writers.values():
             writer.discard()
@@ -348,12 +352,49 @@ def ingest(
     return stats
 
 
+@contextlib.contextmanager
+def vanished_is_named(path: str) -> Iterator[None]:
+    """A listed input file that is gone when its turn comes is one line saying so, whichever call met it
+    (a FileNotFoundError traceback, or a plain "no such file" that reads like a typo in --data)."""
+    try:
+        yield
+    except (FileNotFoundError, Missing):
+        if storage.exists(path):
+            raise  # something else is missing: its own message names it
+        raise SearchtuneError(f"{path}: vanished while the input was read: listed when the ingest step started, then "
+                              "removed or renamed before it was read (is another process moving these files?)") from None
+
+
+def check_splits(writers: dict[str, SplitWriter], fractions: SplitFractions, min_test_queries: int = 0) -> None:
+    """Refuse splits no run could use, naming the cause: too few queries to give every split one, a split
+    with one class, or fewer test queries than the gate needs (it would refuse every model, after training)."""
+    empty = [name for name, writer in writers.items() if not writer.rows]
+    if empty:
+        rows, queries = sum(w.rows for w in writers.values()), sum(w.queries for w in writers.values())
+        shares = "/".join(f"{share:.0%}" for share in (fractions.train, fractions.validation,
+                                                        1 - fractions.train - fractions.validation))
+        got = ", ".join(f"{name} {writer.queries}" for name, writer in writers.items())
+        raise SearchtuneError(
+            f"{queries} quer{'y' if queries == 1 else 'ies'} ({rows} rows) {'is' if queries == 1 else 'are'} too few to split by query: each query goes "
+            f"whole to train, validation or test ({shares} of the queries), and the {' and '.join(empty)} split"
+            f"{'s' if len(empty) > 1 else ''} got none (queries per split: {got}); more data, with more distinct queries")
+    for name, writer in writers.items():
+        if writer.positives in (0, writer.rows):
+            raise SearchtuneError(
+                f"the {name} split has {writer.rows} rows and one label class ({writer.positives} positive); "
+                "need both positives and negatives (more data, or check --positive-threshold)")
+    test = writers["test"].queries
+    if test < min_test_queries:
+        raise SearchtuneError(f"{test} test queries < min_test_queries {min_test_queries}: the gate could never bless a "
+                              "model trained on this data; more data, or lower --min-test-queries")
+
+
 def _read_source(source_path: str, columns: list[str], params: IngestParams, fractions: SplitFractions, spill: Spill,
                  rejects: Rejects) -> Source:
     """Pass 1 over one file: validate each batch, spill the clean rows, stream out the rejects."""
     kind, compressed = file_kind(source_path)
     source = Source(source_path, kind, compressed)
-    with storage.local_copy(source_path) as local:
+    with vanished_is_named(source_path), storage.local_copy(source_path) as local:
         for raw, positions in read_batches(source, local, columns, params):
             checked = validate(raw, params, fractions)
             spill.add(checked.clean)

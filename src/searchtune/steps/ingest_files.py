@@ -4,6 +4,10 @@ CSV/TSV, JSON Lines and Parquet; ``.gz`` decompressed on the fly. Text files pas
 :class:`TextStream`, which checks UTF-8 line by line and decodes a declared fallback
 encoding, so characters are never replaced silently. :func:`read_batches` yields each
 batch with the 0-based row position of every row in its file (what a reject names).
+
+Columns are checked before any row is used: each mapped column present once, holding one value
+a row of a kind its role can use (``ingest_rows.type_problem``: a Parquet or JSON list or record
+is refused, not read as text); a CSV header that is one column names the delimiter it looks like.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import pyarrow.parquet as pq
 from searchtune.errors import SearchtuneError
 from searchtune.io.text_stream import TextStream
 from searchtune.params import IngestParams
-from searchtune.steps.ingest_rows import json_text
+from searchtune.steps.ingest_rows import ROLE_EXPECTS, ROLE_FLAGS, column_roles, json_text, type_problem
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +82,22 @@ def _check_columns(source: Source, found: list[str], columns: list[str]) -> None
     if missing:
         raise SearchtuneError(f"{source.path}: missing column(s) {', '.join(repr(c) for c in missing)}; "
                               f"columns found: {', '.join(repr(str(c)) for c in found)}")
+    for column in columns:  # readers would take the first (CSV) or the last (JSON) without a word
+        places = [i + 1 for i, name in enumerate(found) if name == column]
+        if len(places) > 1:
+            raise SearchtuneError(f"{source.path}: column {column!r} appears {len(places)} times (columns "
+                                  f"{', '.join(map(str, places))}); rename all but one, so it is clear which is meant")
+
+
+def _check_types(source: Source, types: dict[str, pa.DataType | str], params: IngestParams) -> None:
+    """Refuse a mapped column whose values are not single values of the kind its role needs; read as
+    text, a list or a record would become a string such as '["rheostat", "x"]' and be trained on."""
+    for column, role in column_roles(params).items():
+        kind = types.get(column)
+        problem = kind if isinstance(kind, str) else type_problem(role, kind) if kind is not None else None
+        if problem:
+            raise SearchtuneError(f"{source.path}: the {role} column {column!r} holds {problem}, not {ROLE_EXPECTS[role]}; "
+                                  f"map a column with one value a row ({ROLE_FLAGS[role]}), or flatten this one first")
 
 
 def _open_text(source: Source, local: str, encoding: str) -> TextStream:
@@ -94,7 +114,7 @@ def read_batches(source: Source, local: str, columns: list[str], params: IngestP
     if os.path.getsize(local) == 0:
         raise SearchtuneError(f"{source.path}: the file is empty")
     if source.kind == "parquet":
-        yield from _parquet_batches(source, local, columns)
+        yield from _parquet_batches(source, local, columns, params)
     elif source.kind == "csv":
         yield from _csv_batches(source, local, columns, params)
     else:
@@ -103,12 +123,14 @@ def read_batches(source: Source, local: str, columns: list[str], params: IngestP
         raise SearchtuneError(f"{source.path}: no rows")
 
 
-def _parquet_batches(source: Source, local: str, columns: list[str]):
+def _parquet_batches(source: Source, local: str, columns: list[str], params: IngestParams):
     try:
         parquet = pq.ParquetFile(local)
     except (pa.ArrowException, OSError) as error:
         raise _cannot_read(source, error) from None
-    _check_columns(source, parquet.schema_arrow.names, columns)
+    schema = parquet.schema_arrow
+    _check_columns(source, schema.names, columns)
+    _check_types(source, {name: schema.field(name).type for name in columns}, params)
     source.encoding = "parquet (utf-8)"
     try:
         for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
@@ -129,7 +151,10 @@ def _csv_batches(source: Source, local: str, columns: list[str], params: IngestP
     except pa.ArrowInvalid as error:
         if "Empty CSV file" in str(error):
             raise SearchtuneError(f"{source.path}: the file is empty") from None
+        _refuse_other_delimiter(source, _first_line(source, local, params.encoding), delimiter)
         raise _cannot_read(source, error) from None
+    if len(found) == 1 and any(column not in found for column in columns):
+        _refuse_other_delimiter(source, found[0], delimiter)
     _check_columns(source, found, columns)
     pending_bad: list[int] = []  # positions of malformed rows not yet stepped over
 
@@ -162,6 +187,30 @@ def _csv_batches(source: Source, local: str, columns: list[str], params: IngestP
         source.encoding, source.fallback_lines = stream.used, stream.fallback_lines
 
 
+DELIMITER_NAMES = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe"}
+
+
+def _refuse_other_delimiter(source: Source, header: str, delimiter: str) -> None:
+    """A header that is one column with this file's delimiter but splits with another: name that one
+    (else the user meets "missing column 'q;title;...'" or "Expected 1 columns, got 2")."""
+    if delimiter in header:
+        return
+    counts = {other: header.count(other) for other in DELIMITER_NAMES if other != delimiter}
+    other = max(counts, key=counts.get)
+    if not counts[other]:
+        return
+    remedy = {"\t": "name it .tsv", ",": "name it .csv"}.get(other, "export it comma-separated (.csv) or tab-separated "
+                                                                 "(.tsv): the delimiters read")
+    raise SearchtuneError(f"{source.path}: the header is one column when split by {DELIMITER_NAMES[delimiter]}s but looks "
+                          f"{DELIMITER_NAMES[other]}-delimited ({header[:120]!r}); {remedy}")
+
+
+def _first_line(source: Source, local: str, encoding: str) -> str:
+    with _open_text(source, local, encoding) as stream:
+        head = stream.read(1 << 16)
+    return head.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "replace")
+
+
 def _json_batches(source: Source, local: str, columns: list[str], params: IngestParams):
     first = True
     with _open_text(source, local, params.encoding) as stream:
@@ -172,21 +221,36 @@ def _json_batches(source: Source, local: str, columns: list[str], params: Ingest
             cut = block.rfind(b"\n") + 1 if data else len(block)
             block, carry = block[:cut], block[cut:]
             if block.strip():
-                table, positions = _json_table(source, block, columns)
+                table, positions = _json_table(source, block, columns, params)
                 if first:
                     _check_columns(source, table.column_names, columns)
+                    _check_json_keys(source, block, columns)
                     first = False
+                _check_types(source, {name: table.schema.field(name).type for name in columns if name in table.column_names},
+                             params)
                 yield _with_nulls(table, columns), positions
             if not data:
                 break
         source.encoding, source.fallback_lines = stream.used, stream.fallback_lines
 
 
+def _check_json_keys(source: Source, block: bytes, columns: list[str]) -> None:
+    """A mapped key twice in the first object (JSON allows it; readers keep one without a word). The first
+    line stands for the file, as a CSV header does: checking every line would parse the file twice."""
+    line = next((line for line in io.BytesIO(block) if line.strip()), b"")
+    try:
+        pairs = json.loads(line, object_pairs_hook=lambda pairs: pairs)
+    except ValueError:
+        return  # a broken first line is a malformed row, reported as such
+    if isinstance(pairs, list) and all(isinstance(pair, tuple) for pair in pairs):
+        _check_columns(source, [key for key, _ in pairs], [c for c in columns if c in dict(pairs)])
+
+
 def _with_nulls(table: pa.Table, columns: list[str]) -> pa.Table:
     return pa.table({c: table.column(c) if c in table.column_names else pa.nulls(table.num_rows, pa.string()) for c in columns})
 
 
-def _json_table(source: Source, block: bytes, columns: list[str]) -> tuple[pa.Table, np.ndarray]:
+def _json_table(source: Source, block: bytes, columns: list[str], params: IngestParams) -> tuple[pa.Table, np.ndarray]:
     """The JSON lines of ``block`` and their positions; when Arrow refuses the block (types
     that change between lines, a broken line), it is parsed line by line and broken lines
     go to ``source.malformed``."""
@@ -211,6 +275,11 @@ def _json_table(source: Source, block: bytes, columns: list[str]) -> tuple[pa.Ta
         except ValueError as error:
             source.malformed.append((source.rows, f"malformed JSON line: {str(error)[:100]}: {line[:200]!r}"))
         source.rows += 1
+    for name in columns:
+        nested = next((r[name] for r in kept if isinstance(r.get(name), dict | list)), None)
+        if nested is not None:
+            types = {name: f"a JSON {'object' if isinstance(nested, dict) else 'list'} in some rows ({json_text(nested)[:60]})"}
+            _check_types(source, types, params)
     table = pa.table({name: pa.array([json_text(r.get(name)) for r in kept], pa.string()) for name in names if name in columns})
     table = table if names else pa.table({c: pa.array([], pa.string()) for c in columns})
     return _with_names(table, list(names)), np.array(positions, dtype=np.int64)

@@ -177,6 +177,46 @@ def validate(raw: pa.Table, params: IngestParams, fractions: SplitFractions = DE
     return Validated(clean, rejected, reasons[rejected].tolist())
 
 
+# --------------------------------------------------------------------------- column types
+def column_roles(params: IngestParams) -> dict[str, str]:
+    """Each mapped column and the role it plays, as messages name it."""
+    roles = {params.query_column: "query"}
+    for column in params.text_column_list:
+        roles.setdefault(column, "text")
+    roles.setdefault(params.label_column, "label")
+    return roles
+
+
+ROLE_FLAGS = {"query": "--query-column", "text": "--text-columns", "label": "--label-column"}
+ROLE_EXPECTS = {"query": "text (or whole numbers)", "text": "text, numbers, dates or booleans", "label": "a number (or a number as text)"}
+
+
+def type_problem(role: str, kind: pa.DataType) -> str | None:
+    """What is wrong with a column of Arrow type ``kind`` in ``role`` (None: nothing): it must hold one
+    scalar a row, of a kind that role can use (what :func:`as_text` and :func:`parse_grade` read)."""
+    accepted = _accepts(role, kind.value_type if pa.types.is_dictionary(kind) else kind)
+    if accepted:
+        return None
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return f"a list per row ({kind})"
+    if pa.types.is_struct(kind):
+        return f"a record per row ({kind})"
+    if pa.types.is_map(kind):
+        return f"a map per row ({kind})"
+    return f"values of type {kind}"
+
+
+def _accepts(role: str, kind: pa.DataType) -> bool:
+    text = (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind)
+            or pa.types.is_large_binary(kind) or pa.types.is_null(kind))
+    number = pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind) or pa.types.is_boolean(kind)
+    if role == "query":
+        return text or pa.types.is_integer(kind)
+    if role == "label":
+        return text or number
+    return text or number or pa.types.is_temporal(kind)
+
+
 def reason_kind(reason: str) -> str:
     """A reject reason without the value in it ('label is not a number'), for the counts."""
     if reason.startswith("malformed "):
