@@ -11,7 +11,16 @@ import yaml
 from searchtune import params
 from searchtune.cli import main as cli
 from searchtune.errors import SearchtuneError
-from searchtune.params import GateParams, IndexParams, IngestParams, ModelParams, RegistryParams, RunParameters, TrainParams
+from searchtune.params import (
+    GateParams,
+    IndexParams,
+    IngestParams,
+    ModelParams,
+    NotifyParams,
+    RegistryParams,
+    RunParameters,
+    TrainParams,
+)
 
 KFP_TYPES = {str: "String", int: "Integer", float: "Float", bool: "Boolean"}
 
@@ -42,7 +51,7 @@ def parameter_inputs(component) -> dict[str, str]:
 
 def test_the_groups_make_up_the_run_parameters_without_overlap():
     groups = [set(IngestParams.model_fields), set(TrainParams.model_fields), set(GateParams.model_fields),
-              set(IndexParams.model_fields), set(RegistryParams.model_fields)]
+              set(IndexParams.model_fields), set(RegistryParams.model_fields), set(NotifyParams.model_fields)]
     assert set().union(*groups) == set(RunParameters.model_fields)
     assert sum(map(len, groups)) == len(RunParameters.model_fields)
     assert set(ModelParams.model_fields) <= set(TrainParams.model_fields)
@@ -59,21 +68,21 @@ def test_pipeline_inputs_are_the_run_parameters_with_their_defaults_and_descript
     for name, field in RunParameters.model_fields.items():
         parameter = signature.parameters[name]
         assert kfp_type(parameter.annotation) == kfp_type(field.annotation), name
-        if name == "registry_root":  # required in the KFP UI's run form: no run without a registry
+        if name in ("registry_root", "data"):  # required in the KFP UI's run form: no run without a registry or data
             assert parameter.default is inspect.Parameter.empty
         else:
             assert parameter.default == field.default, name
     spec = next(yaml.safe_load_all(open(compile_pipeline(str(tmp_path / "p.yaml")))))
     inputs = spec["root"]["inputDefinitions"]["parameters"]
     assert {name: value.get("description") for name, value in inputs.items()} == params.descriptions()
-    assert [name for name, value in inputs.items() if not value.get("isOptional")] == ["registry_root"]
+    assert [name for name, value in inputs.items() if not value.get("isOptional")] == ["data", "registry_root"]
 
 
 @pytest.mark.parametrize(("step", "group", "others"), [
-    ("preflight", RunParameters, {"run_id"}),
+    ("preflight", RunParameters, {"run_id"}),  # less notify_webhook, a credential kept out of run.json and lineage
     ("ingest", IngestParams, {"data_version"}),
     ("tokenize", ModelParams, set()),
-    ("finetune", TrainParams, {"registry_root", "model_name", "checkpoint_root", "run_id"}),
+    ("finetune", TrainParams, {"registry_root", "model_name", "checkpoint_root"}),  # no run_id: it would defeat the cache
     ("evaluate", GateParams, {"run_id"}),
     ("champion", None, {"registry_root", "model_name"}),
     ("index", IndexParams, {"text_columns"}),
@@ -82,7 +91,7 @@ def test_pipeline_inputs_are_the_run_parameters_with_their_defaults_and_descript
 ])
 def test_each_component_takes_its_group_with_the_declared_types(step, group, others):
     inputs = parameter_inputs(components()[step])
-    expected = set(group.model_fields) if group else set()
+    expected = set(group.model_fields) - set(NotifyParams.model_fields) if group else set()
     assert set(inputs) == expected | others
     for name, kind in inputs.items():
         if name in RunParameters.model_fields:

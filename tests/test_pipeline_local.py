@@ -6,11 +6,14 @@ The CLI's own run (its output, an untrained adapter refused) is in tests/test_cl
 """
 
 import hashlib
+import http.server
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -43,12 +46,36 @@ def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("pipeline")
 
 
+class WebhookHandler(http.server.BaseHTTPRequestHandler):
+    """A webhook on 127.0.0.1 that keeps the text of every post (tests/test_notify.py tests the step itself)."""
+
+    def do_POST(self):  # noqa: N802 - http.server's name
+        self.server.texts.append(json.loads(self.rfile.read(int(self.headers["Content-Length"])))["text"])
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def webhook(monkeypatch):
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), WebhookHandler)
+    server.texts, server.url = [], f"http://127.0.0.1:{server.server_address[1]}/hook"
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
 def run(workdir: Path, data: str, **values) -> local_run.LocalRun:
     arguments = {"data": data, "registry_root": str(workdir / "registry"), **SMALL_TRAINING, **WIRING_GATE, **values}
     return local_run.run_local(RunParameters(**arguments), str(workdir / "runs"))
 
 
-def test_blessed_run_registers_then_next_run_meets_the_champion_then_a_failed_gate_changes_nothing(workdir):
+def test_blessed_run_registers_then_next_run_meets_the_champion_then_a_failed_gate_changes_nothing(workdir, webhook):
     registry = ModelRegistry(str(workdir / "registry"))
     # A data path with a quote and a space: it must run through registration and into the lineage.
     odd_folder = workdir / 'logs "2026" q\'s'
@@ -57,7 +84,7 @@ def test_blessed_run_registers_then_next_run_meets_the_champion_then_a_failed_ga
     shutil.copyfile(sample_data.default_sample_path(), data)  # the bundled sample: ~150 test queries
 
     # Warm start as a schedule sets it: the first run has no production model to continue, so it starts from the base.
-    first = run(workdir, data, min_auc=0.5, init_from="production")
+    first = run(workdir, data, min_auc=0.5, init_from="production", notify_webhook=webhook.url)
     evaluation_dir = str(first.step_output("evaluate", "evaluation"))
     assert first.step_output("evaluate", "drift_report").read_text().lstrip().lower().startswith("<!doctype html")
     assert first.step_output("evaluate", "summary").read_text().startswith("# searchtune evaluation")
@@ -86,6 +113,13 @@ def test_blessed_run_registers_then_next_run_meets_the_champion_then_a_failed_ga
     assert lineage.parameters["min_auc"] == 0.5 and lineage.parameters["epochs"] == 1
     assert Path(first.root).parent == workdir / "runs" and Path(first.run_dir).parent == Path(first.root)
     assert "version 1, now production" in pipeline_cli.describe_run(first)
+    # The exit handler posted the blessed branch's verdict, naming the version and its report in the registry.
+    (posted,) = webhook.texts
+    assert posted.startswith(f"searchtune run {lineage.run_id} (searchtune-relevance): BLESSED\ngate: gauc "), posted
+    assert "\nregistered: v1, now production\n" in posted and f"\nreason: {blessing.reason}\n" in posted
+    assert posted.endswith(f"\nreport: {version_dir / 'report.html'}")
+    # The webhook URL is a credential: kept out of run.json and the lineage (which keeps the default, '').
+    assert lineage.parameters["notify_webhook"] == "" and webhook.url not in json.dumps(lineage.parameters)
 
     # Second run: the registry has a production model, so it is scored on the same rows and is
     # the drift reference; a generous max_auc_drop lets the candidate through.
@@ -110,7 +144,7 @@ def test_blessed_run_registers_then_next_run_meets_the_champion_then_a_failed_ga
     # untouched and the refusal is in the candidates log.
     versions = workdir / "registry" / "searchtune-relevance" / "versions"
     before = tree_digest(versions), registry.alias("searchtune-relevance")
-    third = run(workdir, data, min_auc=0.999)
+    third = run(workdir, data, min_auc=0.999, notify_webhook=webhook.url)
     third_blessing = records.Blessing.read(str(third.step_output("evaluate", "evaluation")))
     assert not third_blessing.blessed and third_blessing.decided_by == "min_auc"
     assert not Path(third.run_dir, "register").exists() and Path(third.run_dir, "record-refusal").exists()
@@ -119,6 +153,10 @@ def test_blessed_run_registers_then_next_run_meets_the_champion_then_a_failed_ga
     assert [c["blessed"] for c in logged] == [False, True, True]  # newest first
     assert logged[0]["run_id"] == Path(third.run_dir).name and "min_auc 0.999" in logged[0]["reason"]
     assert "NOT BLESSED" in pipeline_cli.describe_run(third)
+    refused_report = third.step_output("evaluate", "evaluation") / "report.html"
+    assert webhook.texts[-1].startswith(f"searchtune run {logged[0]['run_id']} (searchtune-relevance): NOT BLESSED\n")
+    assert "\nregistered: none\n" in webhook.texts[-1] and webhook.texts[-1].endswith(f"\nreport: {refused_report}")
+    assert refused_report.read_text().startswith("<!doctype html>") and len(webhook.texts) == 2  # the second run posts nothing
 
 
 def bad_inputs(tmp: Path, good: pd.DataFrame) -> dict:

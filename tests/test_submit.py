@@ -299,7 +299,10 @@ def test_cli_errors_are_one_line_without_traceback():
         "searchtune: error: invalid parameters: --min-auc nan: must be a finite number"]
     no_registry = cli("submit", "--host", f"http://127.0.0.1:{free_port()}")
     assert no_registry.returncode == 2 and "--registry-root is required" in no_registry.stderr
-    down = cli("submit", "--host", f"http://127.0.0.1:{free_port()}", "--registry-root", "gs://b/r", "--param", "min_auc=0.7")
+    no_data = cli("submit", "--host", f"http://127.0.0.1:{free_port()}", "--registry-root", "gs://b/r")
+    assert no_data.returncode == 2 and "--data is required" in no_data.stderr
+    down = cli("submit", "--host", f"http://127.0.0.1:{free_port()}", "--registry-root", "gs://b/r", "--data", "gs://b/logs",
+               "--param", "min_auc=0.7")
     assert down.returncode == 2, down.stderr
     assert "Traceback" not in down.stderr
     assert down.stderr.strip().splitlines()[-1].startswith("searchtune: error: cannot reach the KFP API at")

@@ -24,7 +24,6 @@ from searchtune.params import TrainParams, documented
     model_name="the model init_from's version belongs to.",
     checkpoint_root="where to checkpoint (local or gs://); '' = next to the model output when that is on GCS "
                     "(so a retried pod resumes), otherwise no checkpoints.",
-    run_id="the pipeline run, names the checkpoint folder (with a digest of this task's model URI).",
     model="adapter (safetensors), head, tokenizer and searchtune_model.json.",
     metrics="validation AUC, epochs run, throughput.",
 )
@@ -55,7 +54,6 @@ def finetune(
     registry_root: str,
     model_name: str,
     checkpoint_root: str,
-    run_id: str,
     model: Output[Model],
     metrics: Output[Metrics],
 ):
@@ -71,8 +69,9 @@ def finetune(
         if checkpoint_root:
             # The artifact URI is the same for every retry of this task and differs between runs, also
             # between runs of the same display name (a schedule's): a retry resumes, a new run never does.
+            # Not the run's name: an input would enter the task's cache key, and no later run could reuse the model.
             task_key = hashlib.sha256(model.uri.encode()).hexdigest()[:12]
-            checkpoint_uri = storage.join(checkpoint_root, f"{run_id or 'run'}-{task_key}")
+            checkpoint_uri = storage.join(checkpoint_root, f"run-{task_key}")
         else:
             checkpoint_uri = model.uri + "-checkpoint" if storage.is_gcs(model.uri) else ""
         job = training_job.spec_from_environment()  # set by `searchtune compile --finetune-nodes N`

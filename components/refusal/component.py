@@ -16,8 +16,10 @@ def record_refusal(evaluation: Input[Artifact], run: Input[Artifact], registry_r
         registry_root: the model registry, a local folder or gs://bucket/prefix.
         model_name: the model's name in the registry.
     """
-    from searchtune import logs
+    from searchtune import logs, records
+    from searchtune.io import storage
     from searchtune.steps.register import record_refusal as step
 
     with logs.component_step("record_refusal"):
-        step(registry_root, model_name, evaluation.path, run.path)
+        # The URI, not the local path: on a cluster the path is a mount inside this pod only.
+        step(registry_root, model_name, evaluation.path, run.path, report_uri=storage.join(evaluation.uri, records.REPORT_FILE))

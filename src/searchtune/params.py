@@ -43,8 +43,11 @@ class _Params(BaseModel):
 class IngestParams(_Params):
     """Where the judgement logs are and how to read them (the ingest step)."""
 
+    # The default "" is for ``searchtune run`` and direct calls of the steps, which then read the bundled
+    # sample; the compiled pipeline declares ``data`` without a default, so a run on a cluster must name it.
     data: str = Field("", description="Input file, folder or glob of CSV/TSV/Parquet/JSONL files (also .gz), "
-                                      "local or gs://; empty = the bundled sample data.")
+                                      "local or gs://. Required by a compiled or submitted pipeline; `searchtune run` "
+                                      "without it trains on the bundled synthetic sample (and says so).")
     query_column: str = Field("search_term", min_length=1, description="Column holding the search query.")
     text_columns: str = Field("product_title,brand", min_length=1,
                               description="Comma-separated product text columns, joined in this order (title,brand,...).")
@@ -191,8 +194,28 @@ class RegistryParams(_Params):
                                                  "pod resumes; empty = next to the model output when that is on GCS.")
 
 
-# The bases are listed last-first so the fields come in pipeline order: ingest, model, train, gate, index, registry.
-class RunParameters(RegistryParams, IndexParams, GateParams, TrainParams, IngestParams):
+class NotifyParams(_Params):
+    """Who hears about the run's verdict (the notify step, the pipeline's exit handler).
+
+    Not passed to the preflight step, so the URL never lands in ``run.json`` or in a registered
+    version's lineage: a Slack webhook URL is a credential, and it decides nothing about the model.
+    """
+
+    notify_webhook: str = Field("", description="Webhook that gets the verdict, the reason and the report's location "
+                                                "when the run ends, also when it failed (POST, Slack-compatible JSON "
+                                                "{\"text\": ...}); empty = no notification. A failed post is logged "
+                                                "and does not fail the run.")
+
+    @field_validator("notify_webhook")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if url and not re.match(r"^https?://[^\s/]+\S*$", url):
+            raise ValueError("must be empty or an http:// or https:// URL")
+        return url
+
+
+# The bases are listed last-first so the fields come in pipeline order: ingest, model, train, gate, index, registry, notify.
+class RunParameters(NotifyParams, RegistryParams, IndexParams, GateParams, TrainParams, IngestParams):
     """Every parameter of one pipeline run, in one flat object (the pipeline's inputs)."""
 
     def group(self, cls: type[_Params]) -> Any:

@@ -17,6 +17,12 @@ from searchtune.params import RunParameters
 # Pipeline arguments from the environment: SEARCHTUNE_PARAM_MIN_AUC=0.7 sets min_auc. A
 # team's ConfigMap (manifests/) sets what its deployment needs without editing the CronJob.
 PARAM_ENV_PREFIX = "SEARCHTUNE_PARAM_"
+# The compiled pipeline's inputs without a default, asked for before the few seconds of compiling.
+REQUIRED = {
+    "registry_root": "the model registry, gs://bucket/prefix",
+    "data": "the judgement logs to train on, e.g. gs://bucket/search-logs/*.parquet (the bundled sample is for "
+            "`searchtune run` only: a scheduled run never trains on it by accident)",
+}
 
 
 def add_parser(subparsers) -> None:
@@ -46,7 +52,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="a raw pipeline argument, repeatable (e.g. min_auc=0.7); typed by the compiled pipeline")
     parser.add_argument("--no-cache", action="store_true",
-                        help="turn step caching off (ingest is re-read whenever the input files change anyway)")
+                        help="turn step caching off (default on, also for --schedule: ingest is keyed on a digest of "
+                             "the input files, so new data is always read, and unchanged data and parameters reuse "
+                             "the trained model)")
     parser.add_argument("--namespace", help="Kubeflow profile namespace (multi-user KFP; empty = none)")
     parser.add_argument("--service-account", help="Kubernetes service account of the run's pods")
     parser.add_argument("--pipeline-root", help="where the run's artifacts go, e.g. gs://bucket/pipeline-root")
@@ -79,8 +87,9 @@ def run_arguments(args: argparse.Namespace) -> dict:
     """
     values = {**(arguments_from_env(os.environ) if args.params_from_env else {}), **given(args)}
     checked = params.parse(RunParameters, values, flag_style=True)  # pydantic also converts the env's text
-    if not checked.registry_root and not any(item.startswith("registry_root=") for item in args.param):
-        raise SearchtuneError("--registry-root is required: the model registry, gs://bucket/prefix")
+    for name, what in REQUIRED.items():
+        if not getattr(checked, name) and not any(item.startswith(f"{name}=") for item in args.param):
+            raise SearchtuneError(f"--{name.replace('_', '-')} is required: {what}")
     return {name: getattr(checked, name) for name in values}
 
 

@@ -63,8 +63,9 @@ class ClusterSettings:
         finetune_memory: Memory request and limit of the fine-tune task.
         cpu_task_cpu: CPU request of each CPU task.
         cpu_task_memory: Memory request and limit of each CPU task.
-        enable_caching: None keeps KFP's default (cache on); False turns caching off on
-            every task, as scheduled retraining must see new data every time.
+        enable_caching: None keeps KFP's default (cache on; the tasks that read outside
+            state turn it off themselves, see the pipeline's docstring); False turns caching
+            off on every task (``searchtune submit --no-cache``).
         finetune_nodes: Nodes the fine-tune step trains on. Above 1 the fine-tune task holds
             no GPU: it starts a training job on that many nodes of ``gpu_count`` GPUs each,
             with this task's image, placement and /dev/shm, and waits for it

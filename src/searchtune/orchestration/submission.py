@@ -32,6 +32,19 @@ def pipeline_inputs(package_path: str) -> dict[str, str]:
     return {name: spec.type for name, spec in (component.component_spec.inputs or {}).items()}
 
 
+def required_inputs(package_path: str) -> list[str]:
+    """The compiled pipeline's inputs without a default: a run must give each a value.
+
+    Args:
+        package_path: The compiled pipeline YAML.
+    """
+    from kfp import components
+
+    component = components.load_component_from_file(package_path)
+    return [name for name, spec in (component.component_spec.inputs or {}).items()
+            if spec.default is None and not spec.optional]
+
+
 def parse_params(items: list[str], inputs: dict[str, str]) -> dict:
     """Turn ``KEY=VALUE`` options into typed pipeline arguments, checked against the inputs.
 
@@ -149,6 +162,11 @@ def plan(package_path: str, host: str, *, arguments: dict | None = None, params:
     digest = hashlib.sha256(raw).hexdigest()
     executors = spec.get("deploymentSpec", {}).get("executors", {})
     inputs = pipeline_inputs(package_path)
+    parameters = _merge(arguments or {}, parse_params(list(params), inputs), inputs)
+    missing = [name for name in required_inputs(package_path) if parameters.get(name) in (None, "")]
+    if missing:
+        raise SearchtuneError(f"the pipeline has no default for {', '.join(missing)}: give each a value "
+                              f"(e.g. --param {missing[0]}=...)")
     submission = Submission(
         host=host.rstrip("/"),
         package_path=package_path,
@@ -157,7 +175,7 @@ def plan(package_path: str, host: str, *, arguments: dict | None = None, params:
         version_name=f"{name}-{stamp}-{digest[:8]}",
         experiment=experiment,
         run_name=run_name or f"{name} {'schedule' if schedule else 'run'} {stamp}",
-        parameters=_merge(arguments or {}, parse_params(list(params), inputs), inputs),
+        parameters=parameters,
         images=sorted({e["container"]["image"] for e in executors.values() if "container" in e}),
         schedule=schedule,
         # Caching is compiled into the spec (ClusterSettings.enable_caching): report what it says.

@@ -22,6 +22,7 @@ import tempfile
 import searchtune
 from searchtune import records
 from searchtune.errors import SearchtuneError
+from searchtune.io import storage
 from searchtune.registry import AliasConflict, ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -181,12 +182,19 @@ def register_model(registry_root: str, model_name: str, model_dir: str, splits_d
                  manifest["uri"], _v(before), version)
     else:
         log.warning("%s (%s)", reason, manifest["uri"])
-    registry.record_candidate(model_name, candidate_record(blessing, run.run_id, outcome))
+    stored_report = os.path.exists(os.path.join(evaluation_dir, records.REPORT_FILE))
+    report = storage.join(manifest["uri"], records.REPORT_FILE) if stored_report else ""
+    registry.record_candidate(model_name, candidate_record(blessing, run.run_id, outcome, report=report))
     return outcome
 
 
-def candidate_record(blessing: records.Blessing, run_id: str, registration: records.Registration | None = None) -> dict:
-    """What the registry's candidates log keeps of one evaluated candidate (``searchtune models candidates``)."""
+def candidate_record(blessing: records.Blessing, run_id: str, registration: records.Registration | None = None,
+                     report: str = "") -> dict:
+    """What the registry's candidates log keeps of one evaluated candidate (``searchtune models candidates``).
+
+    ``report`` is where the evaluation report can be opened ('' = not known); the notify step
+    sends it with the verdict.
+    """
     estimate = blessing.gate_estimate()
     entry = {
         "run_id": run_id, "blessed": blessing.blessed, "decided_by": blessing.decided_by,
@@ -197,10 +205,12 @@ def candidate_record(blessing: records.Blessing, run_id: str, registration: reco
     }
     if registration is not None:
         entry.update(version=registration.version, promoted=registration.promoted)
+    if report:
+        entry["report"] = report
     return entry
 
 
-def record_refusal(registry_root: str, model_name: str, evaluation_dir: str, run_dir: str) -> dict:
+def record_refusal(registry_root: str, model_name: str, evaluation_dir: str, run_dir: str, report_uri: str = "") -> dict:
     """Log a candidate the gate refused in the registry's candidates log; nothing else changes.
 
     Args:
@@ -208,6 +218,8 @@ def record_refusal(registry_root: str, model_name: str, evaluation_dir: str, run
         model_name: the registered model's name.
         evaluation_dir: the evaluate output (``blessing.json``).
         run_dir: the preflight output (``run.json``).
+        report_uri: where the evaluation report of the refused candidate can be opened (the
+            evaluate output's ``report.html`` as a URI); '' = not recorded.
 
     Returns:
         The stored candidate record.
@@ -219,7 +231,7 @@ def record_refusal(registry_root: str, model_name: str, evaluation_dir: str, run
     if blessing.blessed:
         raise SearchtuneError("the candidate was blessed: the register step records it, not this one")
     run = records.RunRecord.read(run_dir)
-    entry = ModelRegistry(registry_root).record_candidate(model_name, candidate_record(blessing, run.run_id))
+    entry = ModelRegistry(registry_root).record_candidate(model_name, candidate_record(blessing, run.run_id, report=report_uri))
     log.info("recorded refused candidate of run %s in %s: %s", run.run_id, entry["uri"], blessing.reason)
     return entry
 
