@@ -118,3 +118,15 @@ def test_a_bug_is_not_an_environment_fault():
     assert environment_fault(FileNotFoundError(2, "No such file or directory", "x")) is None
     with pytest.raises(ZeroDivisionError), logs.component_step("evaluate"):
         raise ZeroDivisionError("a bug keeps its traceback")
+
+
+def test_a_reader_that_closes_the_pipe_ends_the_command_quietly():
+    """``searchtune run --help | head -1``: no BrokenPipeError traceback, exit 0."""
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first byte
+    result = subprocess.run([sys.executable, "-m", "searchtune.cli", "run", "--help"], stdout=write_end,
+                            stderr=subprocess.PIPE, text=True, timeout=120)
+    os.close(write_end)
+    assert result.returncode == 0 and result.stderr == ""

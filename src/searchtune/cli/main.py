@@ -6,6 +6,7 @@ outcomes to the exit codes of ``searchtune.cli.exit_codes``.
 """
 
 import argparse
+import os
 import sys
 
 from searchtune import logs
@@ -36,12 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logs.setup(args.log_level)
     from searchtune.orchestration.local_run import PipelineFailed
 
     try:
+        args = build_parser().parse_args(argv)
+        logs.setup(args.log_level)
         return int(args.func(args) or 0)
     except EnvironmentFault as error:
         print(f"searchtune: error: {error}", file=sys.stderr)
@@ -51,6 +51,15 @@ def main(argv: list[str] | None = None) -> int:
         return exit_codes.USER_ERROR
     except PipelineFailed as error:
         print(f"searchtune: internal error: {error}", file=sys.stderr)
+        return exit_codes.INTERNAL_ERROR
+    except BrokenPipeError:
+        # The reader went away (`searchtune models show ... | head`): what it read is the answer.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return exit_codes.OK
+    except SystemExit as done:  # argparse's --help and usage errors, whose printing may meet a closed pipe too
+        if done.code is None or isinstance(done.code, int):
+            return done.code or 0
+        print(done.code, file=sys.stderr)  # what Python itself does with SystemExit("message")
         return exit_codes.INTERNAL_ERROR
     except OSError as error:
         fault = environment_fault(error)
