@@ -41,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         args = build_parser().parse_args(argv)
-        logs.setup(args.log_level)
+    except BrokenPipeError:  # --help into a pipe whose reader went away
+        return _reader_gone()
+    logs.setup(args.log_level)
+    try:
         return int(args.func(args) or 0)
     except EnvironmentFault as error:
         print(f"searchtune: error: {error}", file=sys.stderr)
@@ -53,14 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"searchtune: internal error: {error}", file=sys.stderr)
         return exit_codes.INTERNAL_ERROR
     except BrokenPipeError:
-        # The reader went away (`searchtune models show ... | head`): what it read is the answer.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return exit_codes.OK
-    except SystemExit as done:  # argparse's --help and usage errors, whose printing may meet a closed pipe too
-        if done.code is None or isinstance(done.code, int):
-            return done.code or 0
-        print(done.code, file=sys.stderr)  # what Python itself does with SystemExit("message")
-        return exit_codes.INTERNAL_ERROR
+        return _reader_gone()
     except OSError as error:
         fault = environment_fault(error)
         if fault is None:
@@ -70,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("searchtune: interrupted", file=sys.stderr)
         return exit_codes.INTERRUPTED
+
+
+def _reader_gone() -> int:
+    """The reader closed the pipe (`searchtune models show ... | head`): what it read is the answer."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+    return exit_codes.OK
 
 
 if __name__ == "__main__":
