@@ -9,6 +9,10 @@ from nothing and this sentence-embedding checkpoint never saw pairs) and the bi-
 0.717, against 0.683 for the untuned cosine (bench/results/architecture_home_depot.json).
 The bi-encoder starts from the geometry the checkpoint was trained for: mean-pooled query
 and product embeddings, cosine x learned scale + bias.
+
+Longer than 300 lines because the two architectures share one saved format (adapter, head,
+tokenizer, base-model reference) and the base-model resolution that checks it; apart, each
+half would have to know the other's files.
 """
 
 import hashlib
