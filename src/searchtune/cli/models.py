@@ -25,7 +25,6 @@ import argparse
 import json
 import logging
 
-from searchtune.cli import exit_codes
 from searchtune.errors import SearchtuneError
 from searchtune.registry import (
     DEFAULT_MODEL_NAME,
@@ -167,110 +166,6 @@ def _v(version: int | None) -> str:
     return "nothing" if version is None else f"v{version}"
 
 
-VERIFY_PROBLEMS = exit_codes.VERIFY_PROBLEMS
-
-VERIFY_EPILOG = f"""exit codes:
-  0  everything checked is as the manifests and alias records say
-  {VERIFY_PROBLEMS}  problems were found (each printed on its own line)
-  2  the command could not run (bad REF, unreachable registry)"""
-
-
-def _repair_leftovers(registry: ModelRegistry, models: list[str] | None) -> None:
-    """``verify --repair``: delete what killed writers left (``registry.cleanup``), say what stays and why."""
-    removed, kept = registry.remove_leftovers(models)
-    for leftover in removed:
-        print(f"removed {leftover.uri} ({leftover.size} bytes, left by a killed write)")
-    for leftover in kept:
-        print(f"kept    {leftover.uri} (changed {leftover.age:.0f} s ago: may be a write in progress)")
-
-
-def _verify(args: argparse.Namespace) -> int:
-    if args.ref:
-        registry, model, ref = parse_ref(args.ref, args.registry, default_version=None)
-        targets = [(model, ref)]
-    else:
-        registry = ModelRegistry(args.registry)
-        targets = [(name, None) for name in registry.models(stored=True)]
-    if args.repair:
-        _repair_leftovers(registry, [model for model, _ref in targets] if args.ref else None)
-    if not targets:
-        print(f"no models registered in {registry.root}")
-        return 0
-    problems = 0
-    for model, ref in targets:
-        report = registry.verify(model, ref)
-        print(f"{model}  ({registry.root})")
-        for check in report.versions:
-            status = "BROKEN" if check.problems else "ok"
-            details = check.problems or [f"{check.files} file(s), {check.bytes / 1e6:.1f} MB, sizes and sha256 match"]
-            print("\n".join(f"  v{check.version:<4} {status:<7} {line}" for line in details))
-        for check in report.aliases:
-            details = check.problems or [f"-> v{check.version}, history complete"]
-            status = "BROKEN" if check.problems else "ok"
-            print("\n".join(f"  @{check.alias}  {status:<7} {line}" for line in details))
-            for note in check.notes:
-                print(f"  @{check.alias}  note    {note}")
-            if check.fix:
-                print(f"  @{check.alias}  fix     {check.fix}")
-        if not report.versions and not report.aliases:
-            print("  no versions and no aliases")
-        if report.incomplete:
-            print(f"  note: {_vs(report.incomplete)} claimed without a manifest "
-                  "(abandoned or still being written; never listed)")
-        if report.being_pruned:
-            print(f"  note: {_vs(report.being_pruned)} hidden by a prune that did not finish (never listed; "
-                  "the next 'searchtune models prune' finishes it)")
-        if report.pruned_meanwhile:
-            print(f"  note: {_vs(report.pruned_meanwhile)} pruned while being checked")
-        problems += len(report.problems())
-    print(f"{problems} problem(s) found" if problems else "verified: no problems found")
-    return VERIFY_PROBLEMS if problems else 0
-
-
-def _vs(numbers: list[int]) -> str:
-    return ", ".join(f"v{n}" for n in numbers)
-
-
-def _prune(args: argparse.Namespace) -> int:
-    if args.ref:
-        registry, model, _ref = parse_ref(args.ref, args.registry, default_version=None)
-        names = [model]
-    else:
-        registry = ModelRegistry(args.registry)
-        names = registry.models(stored=True)
-    if args.keep < 1:
-        raise SearchtuneError(f"--keep must be at least 1 (the newest version is always kept), got {args.keep}")
-    if args.min_age < 0:
-        raise SearchtuneError(f"--min-age must be 0 or more minutes, got {args.min_age:g}")
-    for name in names:  # each model's outcome printed as it is done, should a later one be refused
-        _print_prune(registry.root, registry.prune(name, args.keep, dry_run=args.dry_run, actor=args.actor,
-                                                   min_age_minutes=args.min_age))
-    if not names:
-        print(f"no models registered in {registry.root}")
-    return 0
-
-
-def _print_prune(root: str, outcome) -> None:
-    print(f"{outcome.model}  ({root}, {len(outcome.decisions)} version(s); keeping the newest {outcome.keep} and "
-          "every version still needed)")
-    for decision in outcome.decisions:
-        if decision.kept_because is None:
-            verb = "would delete" if outcome.dry_run else "kept" if decision.version in outcome.given_back else "deleted"
-            why = outcome.given_back.get(decision.version) or f"{decision.files} file(s), {decision.bytes / 1e6:.1f} MB"
-            print(f"  v{decision.version:<4} {verb:<12} {why}")
-        elif not decision.kept_because.startswith("newest"):
-            print(f"  v{decision.version:<4} {'keep':<12} {decision.kept_because}")
-    if outcome.expired_leases:
-        print(f"  removed {outcome.expired_leases} expired read lease(s)")
-    doomed = outcome.doomed
-    if outcome.dry_run:
-        print(f"dry run: would delete {len(doomed)} version(s), {sum(d.bytes for d in doomed) / 1e6:.1f} MB; "
-              "nothing changed")
-    else:
-        gone = [d for d in doomed if d.version in outcome.deleted]
-        print(f"deleted {len(gone)} version(s), {sum(d.bytes for d in gone) / 1e6:.1f} MB")
-
-
 def _gate(record: dict) -> str:
     value = record.get("value")
     if value is None:
@@ -317,6 +212,7 @@ REPAIR_HELP = ("replace the production alias record even if it cannot be read (c
 
 
 def add_parser(subparsers) -> None:
+    from searchtune.cli import registry_upkeep as upkeep
     """Add ``models`` and its sub-commands to the ``searchtune`` command."""
     parser = subparsers.add_parser(
         "models", help="list, show, verify, promote, roll back, prune and pull registered models; show candidates",
@@ -335,8 +231,8 @@ def add_parser(subparsers) -> None:
                   "sizes (no sha256: see verify), production marker")
     listing.add_argument("--model", default=None, help="only this model (default: all)")
 
-    verify = add("verify", _verify, "check manifests, every file's size and sha256, aliases and their history")
-    verify.epilog = VERIFY_EPILOG
+    verify = add("verify", upkeep.verify, "check manifests, every file's size and sha256, aliases and their history")
+    verify.epilog = upkeep.VERIFY_EPILOG
     verify.formatter_class = argparse.RawDescriptionHelpFormatter
     verify.add_argument("ref", metavar="REF", nargs="?", default=None,
                         help="<registry>/<model>[@<version|alias|latest>] (default: every model in --registry)")
@@ -362,7 +258,7 @@ def add_parser(subparsers) -> None:
     rollback.add_argument("--repair", action="store_true", help=REPAIR_HELP + "; the target is the version before "
                           "the last move recorded in the alias history")
 
-    prune = add("prune", _prune, "delete old versions beyond the newest N; never one an alias points at, an alias's "
+    prune = add("prune", upkeep.prune, "delete old versions beyond the newest N; never one an alias points at, an alias's "
                 "rollback target, or one being read (fetched)")
     prune.add_argument("ref", metavar="REF", nargs="?", default=None,
                        help="<registry>/<model> (default: every model in --registry)")

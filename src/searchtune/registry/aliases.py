@@ -23,6 +23,9 @@
   has no version at all, can only be removed (``clear``). The removal is recorded as a
   history record with ``version: null`` and ``cleared``; the next move continues the
   history's numbering, so nothing is overwritten.
+
+Longer than 300 lines because moves, history and repair share one compare-and-swap
+protocol; split, a reader would have to hold the protocol across modules to check it.
 """
 
 from __future__ import annotations

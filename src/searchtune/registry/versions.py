@@ -9,6 +9,9 @@ Rules that make concurrent writers and crashes safe:
   the manifest is created last. A writer that crashes (even SIGKILL) leaves a claim and
   some files that no reader lists; its number is simply skipped. A writer that fails with
   an exception deletes what it wrote. Numbers are therefore increasing but may have gaps.
+
+Longer than 300 lines because claiming, writing, reading and fetching rely on the same
+ordering rules above; they are kept in one module so those rules are checked in one place.
 """
 
 from __future__ import annotations
