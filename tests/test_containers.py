@@ -4,7 +4,9 @@ The containerized run itself needs a Docker engine and the built image: ``.ci/co
 runs it after the tests (``tests/test_container_run.py`` compares it with the subprocess run).
 """
 
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 
@@ -119,32 +121,24 @@ def test_image_options_without_the_docker_runner_are_refused(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
-def test_the_source_digest_covers_the_steps_the_components_and_the_pipeline(tmp_path, monkeypatch):
-    """What ``--runner docker`` compares with the image's: the same here and in an image of the same code."""
-    import importlib.util
+def test_the_source_digest_is_the_same_for_a_checkout_and_an_installed_layout(tmp_path):
+    """What ``--runner docker`` compares with the image's: same code, same digest, whatever the layout."""
+    import shutil
 
     from searchtune.orchestration import images
 
-    digest = images.source_digest()
-    assert digest == images.source_digest() and len(digest) == 16
-    for package in images.CODE_PACKAGES:
-        assert importlib.util.find_spec(package).submodule_search_locations
-    # A copy of the package tree elsewhere (as an image installs it) gives the same digest only with the same bytes.
-    original = importlib.util.find_spec
-    pipeline_folder = original("searchtune.pipelines").submodule_search_locations[0]
-    copy = tmp_path / "pipelines"
-    copy.mkdir()
-    for path in os.listdir(pipeline_folder):
-        if path.endswith(".py"):
-            (copy / path).write_bytes(open(os.path.join(pipeline_folder, path), "rb").read())
-
-    def find_spec(name, *args):
-        spec = original(name, *args)
-        if name == "searchtune.pipelines":
-            spec.submodule_search_locations = [str(copy)]
-        return spec
-
-    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
-    assert images.source_digest() == digest
-    (copy / "retraining_pipeline.py").write_text((copy / "retraining_pipeline.py").read_text() + "\n# changed\n")
-    assert images.source_digest() != digest
+    here = {package: [Path(f) for f in importlib.util.find_spec(package).submodule_search_locations]
+            for package in images.CODE_PACKAGES}
+    assert images.source_digest() == images.source_digest(here)
+    # The layout of an installed wheel (and of the image): components and pipeline inside searchtune/.
+    installed = tmp_path / "site" / "searchtune"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(here["searchtune"][0], installed, ignore=ignore)
+    for package, name in (("searchtune.components", "components"), ("searchtune.pipelines", "pipelines")):
+        shutil.copytree(here[package][0], installed / name, ignore=ignore)
+    layout = {"searchtune": [installed], "searchtune.components": [installed / "components"],
+              "searchtune.pipelines": [installed / "pipelines"]}
+    assert images.source_digest(layout) == images.source_digest()
+    pipeline = installed / "pipelines" / "retraining_pipeline.py"
+    pipeline.write_text(pipeline.read_text() + "\n# changed\n")
+    assert images.source_digest(layout) != images.source_digest()

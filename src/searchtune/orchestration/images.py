@@ -33,23 +33,28 @@ GPU_IMAGE = image(GPU_IMAGE_NAME)
 CODE_PACKAGES = ("searchtune", "searchtune.components", "searchtune.pipelines")
 
 
-def source_digest() -> str:
+def source_digest(locations: dict[str, list[Path]] | None = None) -> str:
     """A digest of this installation's searchtune code: every module's path in its package and its bytes.
 
-    The same in an editable checkout and in an image built from it, whatever the install
-    paths, so a containerized run can tell an image built from other code before any step runs.
+    The same in an editable checkout (components and pipelines beside ``src/searchtune``) and
+    in an image built from it (inside ``searchtune/``), so a containerized run can tell an
+    image built from other code before any step runs.
+
+    Args:
+        locations: package -> its folders; None = where ``CODE_PACKAGES`` are installed here.
     """
-    digest = hashlib.sha256()
-    locations = {package: [Path(f) for f in importlib.util.find_spec(package).submodule_search_locations]
-                 for package in CODE_PACKAGES}
+    if locations is None:
+        locations = {package: [Path(f) for f in importlib.util.find_spec(package).submodule_search_locations]
+                     for package in CODE_PACKAGES}
     files: dict[str, Path] = {}
     for package, folders in locations.items():
-        # Installed, the components and the pipeline sit inside searchtune/; in a checkout, beside it.
-        others = [f for name, fs in locations.items() if name != package for f in fs]
         for folder in folders:
+            # Installed, the components and the pipeline sit inside searchtune/: they are counted as themselves.
+            nested = [f for name, fs in locations.items() if name != package for f in fs if folder in f.parents]
             for path in folder.rglob("*.py"):
-                if "__pycache__" not in path.parts and not any(o != folder and o in path.parents for o in others):
+                if "__pycache__" not in path.parts and not any(n in path.parents for n in nested):
                     files[f"{package}/{path.relative_to(folder).as_posix()}"] = path
+    digest = hashlib.sha256()
     for name in sorted(files):
         digest.update(name.encode() + b"\0" + files[name].read_bytes() + b"\0")
     return digest.hexdigest()[:16]
