@@ -34,11 +34,11 @@ def run_parameters(args: argparse.Namespace) -> RunParameters:
     values = given(args)
     values.setdefault("registry_root", DEFAULT_REGISTRY)
     if not values.get("data"):
+        # Only `searchtune run` falls back to the sample: the compiled pipeline requires data.
         applied = [name for name, value in SAMPLE_DATA_BUDGET.items() if name not in values and values.setdefault(name, value) == value]
-        if applied:
-            log.info("bundled sample data: demo budget %s (set %s to change)",
-                     ", ".join(f"{name}={values[name]}" for name in applied),
-                     " / ".join("--" + name.replace("_", "-") for name in applied))
+        budget = ("; demo budget " + ", ".join(f"{name}={values[name]}" for name in applied) + " (set "
+                  + " / ".join("--" + name.replace("_", "-") for name in applied) + " to change)") if applied else ""
+        log.info("no --data: training on the bundled synthetic sample%s", budget)
     return params.parse(RunParameters, values, flag_style=True)
 
 
