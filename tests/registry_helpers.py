@@ -13,6 +13,18 @@ from searchtune.registry import ModelRegistry
 MODEL = "relevance"
 
 
+def seed_registry(tmp_path, model: str = "searchtune-relevance"):
+    """A registry (``tmp_path/registry``) holding one version of ``model``, 1,000 bytes of weights, as production."""
+    root = tmp_path / "registry"
+    files = tmp_path / "model"
+    (files / "adapter").mkdir(parents=True)
+    (files / "adapter" / "weights.bin").write_bytes(b"\x01" * 1000)
+    registry = ModelRegistry(str(root))
+    registry.register_version(model, str(files), {"run_id": "seed"})
+    registry.move_alias(model, 1, expected=None, actor="test", reason="seed")
+    return root
+
+
 def make_version_files(folder, tag: str, big_bytes: int = 0) -> str:
     """A model-like folder: adapter, tokenizer, config; optionally a big file sorted last."""
     files = {

@@ -18,7 +18,7 @@ from searchtune.io import storage
 from searchtune.registry import ModelRegistry
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/ is no package (pytest --import-mode=importlib)
-from registry_helpers import MODEL, register, snapshot  # noqa: E402
+from registry_helpers import MODEL, register, seed_registry, snapshot  # noqa: E402
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -145,13 +145,7 @@ def test_check_production_finds_missing_and_truncated_files_without_reading_them
 
 @pytest.mark.slow
 def test_a_run_stops_in_preflight_when_the_production_weights_are_missing(tmp_path):
-    root = tmp_path / "registry"
-    model = tmp_path / "model"
-    (model / "adapter").mkdir(parents=True)
-    (model / "adapter" / "weights.bin").write_bytes(b"\x01" * 1000)
-    registry = ModelRegistry(str(root))
-    registry.register_version("searchtune-relevance", str(model), {"run_id": "seed"})
-    registry.move_alias("searchtune-relevance", 1, expected=None, actor="test", reason="seed")
+    root = seed_registry(tmp_path)
     (root / "searchtune-relevance" / "versions" / "1" / "adapter" / "weights.bin").unlink()
     before = snapshot(str(root))
     started = time.monotonic()
