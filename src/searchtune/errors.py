@@ -47,8 +47,14 @@ def environment_fault(error: BaseException) -> EnvironmentFault | None:
         return None
     path = getattr(error, "filename", None) or _open_file_in_traceback(error)
     where = f"{path}: " if path else ""
-    detail = "" if isinstance(error, OSError) else f" ({type(error).__name__}: {str(error).strip().splitlines()[0]})"
+    detail = "" if isinstance(error, OSError) else f" ({type(error).__name__}: {first_line(error)})"
     return EnvironmentFault(f"{where}{ENVIRONMENT_ERRNOS[number]}{detail}")
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, or its type's name when it has none: for one-line reports."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _open_file_in_traceback(error: BaseException) -> str | None:

@@ -37,6 +37,11 @@ CHUNK_SIZE = 8 * 1024 * 1024
 GLOB_CHARS = "*?["
 
 
+def literal_prefix(pattern: str) -> str:
+    """The part of a glob before its first wildcard (all of it when there is none)."""
+    return pattern[:min((pattern.index(c) for c in GLOB_CHARS if c in pattern), default=len(pattern))]
+
+
 def split_gcs(uri: str) -> tuple[str, str]:
     """``gs://bucket/a/b`` -> ``("bucket", "a/b")``."""
     rest = uri[len(SCHEME):]
@@ -260,9 +265,8 @@ class GcsBackend:
 
     def glob(self, pattern: str) -> list[str]:
         bucket, name = split_gcs(pattern)
-        first = min((name.index(c) for c in GLOB_CHARS if c in name), default=len(name))
         with gcs_errors(pattern):
-            blobs = client().list_blobs(bucket, prefix=name[:first], match_glob=name, retry=_retry())
+            blobs = client().list_blobs(bucket, prefix=literal_prefix(name), match_glob=name, retry=_retry())
             return sorted(_object_uris(bucket, blobs))
 
     def copy(self, src_uri: str, dst_uri: str) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from searchtune.errors import SearchtuneError
+from searchtune.errors import SearchtuneError, first_line
 from searchtune.records import IndexRecord, now
 
 log = logging.getLogger(__name__)
@@ -177,11 +177,11 @@ class VectorIndex:
             self.index = faiss.read_index(str(Path(folder) / INDEX_FILE))
         except RuntimeError as error:
             raise SearchtuneError(f"{Path(folder) / INDEX_FILE} is damaged: faiss cannot read it "
-                                  f"({_first_line(error)})") from None
+                                  f"({first_line(error)[:200]})") from None
         try:
             ids = pq.read_table(Path(folder) / IDS_FILE, columns=[ID_COLUMN]).column(ID_COLUMN).to_numpy(zero_copy_only=False)
         except (OSError, KeyError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
-            raise SearchtuneError(f"{Path(folder) / IDS_FILE} is damaged: {_first_line(error)}") from None
+            raise SearchtuneError(f"{Path(folder) / IDS_FILE} is damaged: {first_line(error)[:200]}") from None
         if self.index.ntotal != len(ids) or self.index.ntotal != self.record.count:
             raise SearchtuneError(f"{folder}: {self.index.ntotal} vectors, {len(ids)} ids and a record of "
                                   f"{self.record.count}: the index files do not belong together")
@@ -225,7 +225,3 @@ class VectorIndex:
         ids = np.where(rows >= 0, self.ids[np.maximum(rows, 0)], None)
         return np.where(rows >= 0, scores, -np.inf), ids
 
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__

@@ -18,7 +18,8 @@ import glob
 import os
 from pathlib import Path
 
-from searchtune.errors import SearchtuneError
+from searchtune.errors import SearchtuneError, first_line
+from searchtune.io.gcs import literal_prefix
 from searchtune.orchestration.cluster import ClusterSettings
 from searchtune.params import RunParameters
 
@@ -30,7 +31,6 @@ LOCAL_PATHS = (
     ("registry_root", "--registry", False),
     ("checkpoint_root", "--checkpoint-root", False),
 )
-GLOB_CHARACTERS = "*?["
 CONTAINER_HOME = "/tmp"
 
 
@@ -79,9 +79,9 @@ def resolved_arguments(parameters: RunParameters) -> RunParameters:
 def _mount_point(value: str, flag: str, must_exist: bool) -> str:
     """The folder or file to mount for ``value``: a glob's fixed part; a location to be created, its nearest parent."""
     path = os.path.realpath(value)
-    if any(c in value for c in GLOB_CHARACTERS):
-        fixed = Path(value.split("*")[0].split("?")[0].split("[")[0])
-        path = os.path.realpath(fixed if str(fixed).endswith(os.sep) or fixed.is_dir() else fixed.parent)
+    fixed = literal_prefix(value)
+    if fixed != value:  # a glob: the folder its matches are in
+        path = os.path.realpath(fixed if os.path.isdir(fixed) else os.path.dirname(fixed.rstrip(os.sep)))
     if os.path.exists(path):
         return path
     if must_exist:
@@ -126,8 +126,9 @@ def check_engine_and_images(image_names: list[str]) -> None:
         client = docker.from_env()
         client.ping()
     except docker.errors.DockerException as error:
-        raise SearchtuneError(f"--runner docker: no Docker engine answers ({_first_line(error)}); start one, "
+        raise SearchtuneError(f"--runner docker: no Docker engine answers ({first_line(error)}); start one, "
                               "or run without --runner docker") from None
+    here = source_digest()
     try:
         for name in dict.fromkeys(image_names):
             try:
@@ -137,12 +138,12 @@ def check_engine_and_images(image_names: list[str]) -> None:
                     client.images.pull(name)
                 except docker.errors.DockerException as error:
                     raise SearchtuneError(f"--runner docker: image {name} is not on this machine and could not be pulled "
-                                          f"({_first_line(error)}); build it with `make images`, or name yours with "
+                                          f"({first_line(error)}); build it with `make images`, or name yours with "
                                           "--image-prefix / --image-tag") from None
             theirs = _image_source_digest(client, name)
-            if theirs != source_digest():
+            if theirs != here:
                 raise SearchtuneError(f"--runner docker: image {name} was built from other searchtune code than this "
-                                      f"installation's (source digest {theirs or 'unknown'}, here {source_digest()}); "
+                                      f"installation's (source digest {theirs or 'unknown'}, here {here}); "
                                       "rebuild it with `make images`")
     finally:
         client.close()
@@ -158,10 +159,6 @@ def _image_source_digest(client, name: str) -> str | None:
     except docker.errors.DockerException:
         return None
     return output.decode().strip() or None
-
-
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def docker_runner(bind_mounts: list[BindMount], environment: dict[str, str], gpus: bool = False):

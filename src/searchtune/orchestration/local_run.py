@@ -139,8 +139,9 @@ def run_local(parameters: RunParameters, output_dir: str, describe_step=None,
 
     # kfp.local honours retry policies; locally a failure is the data or the code, not a
     # preempted node, so retrying only delays the error.
-    settings = ClusterSettings(retries=0, cpu_retries=0)
-    if containers is not None:
+    if containers is None:
+        settings = ClusterSettings(retries=0, cpu_retries=0)
+    else:
         settings = docker_steps.cluster_settings(containers.image_prefix, containers.image_tag, containers.gpus)
         bind_mounts = docker_steps.mounts(parameters)
         docker_steps.check_engine_and_images([settings.cpu_image, settings.gpu_image])

@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 
-from searchtune.errors import EnvironmentFault, SearchtuneError, environment_fault
+from searchtune.errors import ENVIRONMENT_ERRNOS, EnvironmentFault, SearchtuneError
 
 OUTPUT_PER_INPUT_BYTE = 2.0
 FIXED_OUTPUT_BYTES = 200 * 2**20
@@ -51,11 +51,9 @@ def check_output_dir(output_dir: str, data: str) -> None:
         with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write-check-"):
             pass
     except OSError as error:
-        fault = environment_fault(error)
-        if fault is None:
+        if error.errno not in ENVIRONMENT_ERRNOS:
             raise
-        reason = str(fault).split(": ", 1)[-1] if error.filename else str(fault)
-        raise EnvironmentFault(f"{flag} cannot be written: {reason}") from None
+        raise EnvironmentFault(f"{flag} cannot be written: {ENVIRONMENT_ERRNOS[error.errno]}") from None
     free = shutil.disk_usage(output_dir).free
     needed = estimated_output_bytes(data)
     if free < needed:

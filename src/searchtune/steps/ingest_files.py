@@ -27,7 +27,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from searchtune.errors import SearchtuneError
+from searchtune.errors import SearchtuneError, first_line
 from searchtune.io.text_stream import TextStream
 from searchtune.params import IngestParams
 from searchtune.steps.ingest_rows import ROLE_EXPECTS, ROLE_FLAGS, column_roles, json_text, type_problem
@@ -71,10 +71,8 @@ def file_kind(path: str) -> tuple[str, bool]:
 
 
 def _cannot_read(source: Source, error: Exception, rows: int | None = None):
-    text = str(error).strip()
-    first_line = text.splitlines()[0] if text else type(error).__name__
     near = f" near row {rows}" if rows else ""
-    return SearchtuneError(f"{source.path}: cannot be read as {source.kind}{near}: {first_line}")
+    return SearchtuneError(f"{source.path}: cannot be read as {source.kind}{near}: {first_line(error)}")
 
 
 def _check_columns(source: Source, found: list[str], columns: list[str]) -> None:
