@@ -3,7 +3,7 @@
 For the bundled sample and (when present) the Home Depot judgements: the queries are split at
 random into two halves, ``--seeds`` times. Each pair of halves is what two training splits
 of the same traffic look like (query-disjoint, as splits by query are), so no signal of
-``searchtune.steps.drift`` may reach its threshold (A/A). Then the same halves with a real
+``searchtune.steps.evaluation.drift`` may reach its threshold (A/A). Then the same halves with a real
 change applied to the second one:
 
 * label rate +0.10: negatives dropped at random until the positive rate is 0.10 higher;
@@ -31,7 +31,7 @@ import pandas as pd
 
 from searchtune.data import sample_data
 from searchtune.ml.lexical import fit_tfidf, tfidf_cosine
-from searchtune.steps import drift
+from searchtune.steps.evaluation import drift
 
 ROOT = Path(__file__).resolve().parents[1]
 HOME_DEPOT = ROOT.parent / "shared" / "data" / "home_depot_search_relevance" / "train.parquet"

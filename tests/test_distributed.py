@@ -29,7 +29,7 @@ from searchtune.ml import batching, distributed, modeling
 from searchtune.ml.batch_orders import TokenBudgetBatches, token_budget_batches
 from searchtune.params import TrainParams, parse
 from searchtune.steps import finetune, finetune_launch
-from searchtune.steps.checkpoints import Checkpointer
+from searchtune.steps.training.checkpoints import Checkpointer
 
 AUC_TOLERANCE = 0.02
 MAX_LENGTH = 24

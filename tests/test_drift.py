@@ -15,7 +15,7 @@ import pytest
 
 from searchtune import records
 from searchtune.ml.scoring import score_frame
-from searchtune.steps import drift
+from searchtune.steps.evaluation import drift
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("drift_calibration", ROOT / "bench" / "drift_calibration.py")

@@ -10,7 +10,8 @@ import pytest
 from searchtune import params as parameters
 from searchtune.errors import SearchtuneError
 from searchtune.params import IngestParams
-from searchtune.steps import ingest, ingest_files
+from searchtune.steps import ingest
+from searchtune.steps.ingestion import files as ingest_files
 
 HOME_DEPOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "home_depot_search_relevance" / "train.parquet"
 MAPPING = IngestParams(query_column="q", text_columns="title", label_column="rel", label_min=0, label_max=1, binary_labels=True)

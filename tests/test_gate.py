@@ -11,7 +11,7 @@ from searchtune.errors import SearchtuneError
 from searchtune.ml.stats import compute_statistics
 from searchtune.params import GateParams as GateRule
 from searchtune.records import Blessing
-from searchtune.steps.gate import decide
+from searchtune.steps.evaluation.gate import decide
 
 
 def split(seed=0, queries=150, rows=6):

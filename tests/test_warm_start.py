@@ -8,7 +8,7 @@ from searchtune.errors import SearchtuneError
 from searchtune.ml import modeling
 from searchtune.params import TrainParams, parse
 from searchtune.registry import ModelRegistry
-from searchtune.steps import warm_start
+from searchtune.steps.training import warm_start
 
 QUERIES = ["cordless drill", "2x4 lumber 8 ft"]
 TEXTS = ["DEWALT 20-Volt Max Cordless Drill", "Pressure-Treated Lumber 2 in. x 4 in. x 8 ft."]

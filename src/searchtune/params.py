@@ -151,7 +151,7 @@ class TrainParams(ModelParams):
 class GateParams(_Params):
     """When a candidate may replace the production model (the evaluate step's blessing).
 
-    The rule and why each default is what it is: ``searchtune.steps.gate`` and the README's
+    The rule and why each default is what it is: ``searchtune.steps.evaluation.gate`` and the README's
     "How the gate decides".
     """
 

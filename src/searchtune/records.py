@@ -213,12 +213,12 @@ class ChampionRecord(Record):
 
 
 # --- evaluate ---------------------------------------------------------------------------
-REPORT_FILE = "report.html"  # the self-contained evaluation report (steps/report.py)
+REPORT_FILE = "report.html"  # the self-contained evaluation report (steps/evaluation/report.py)
 MODEL_CARD_FILE = "model_card.md"  # written by evaluate, stored with a registered version
 
 
 class DriftSummary(BaseModel):
-    """Has the data changed since production was trained (``searchtune.steps.drift``)."""
+    """Has the data changed since production was trained (``searchtune.steps.evaluation.drift``)."""
 
     reference: str
     current: str

@@ -11,7 +11,7 @@ from searchtune.cli.parameters import add_parameter_flags, given
 from searchtune.errors import SearchtuneError
 from searchtune.orchestration import images, local_run
 from searchtune.params import RunParameters
-from searchtune.steps import summary
+from searchtune.steps.evaluation import summary
 
 log = logging.getLogger(__name__)
 

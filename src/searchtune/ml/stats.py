@@ -5,7 +5,7 @@ and ``model name -> scores``) and returns a JSON-serialisable :class:`StatsResul
 model and metric the value and its interval, for each other model the candidate's paired
 difference with its interval and the share of resamples in which the candidate is worse,
 the counts, each metric's value under random scores, and the method. The gate
-(``searchtune.steps.gate``) reads nothing else.
+(``searchtune.steps.evaluation.gate``) reads nothing else.
 
 Metrics (``ranking`` has the arithmetic and the tie conventions):
 

@@ -4,15 +4,15 @@ blessing, and write what a reviewer decides from.
 The models: the candidate, the untuned base model (cosine, Platt-mapped to a logit), a
 lexical baseline (character TF-IDF cosine, fitted on a sample of the training split) and
 the production model when there is one. ``searchtune.ml.stats`` gives every metric with
-its query-bootstrap interval and every paired difference; ``searchtune.steps.gate``
+its query-bootstrap interval and every paired difference; ``searchtune.steps.evaluation.gate``
 applies the rule. A function of its inputs: the production model comes from the champion
 step's output (``steps/champion.py``), never from the registry itself.
 
 Everything lands in one output folder: ``evaluation.json`` (``records.Evaluation``),
 ``blessing.json`` (``records.Blessing``: verdict, clauses, rule, statistics),
 ``predictions.parquet`` (every test row with each model's score), ``report.html`` (the
-self-contained report, ``steps/report.py``), ``summary.md``, ``model_card.md`` and the
-drift report (HTML and JSON, ``steps/drift.py``).
+self-contained report, ``steps/evaluation/report.py``), ``summary.md``, ``model_card.md`` and the
+drift report (HTML and JSON, ``steps/evaluation/drift.py``).
 """
 
 import logging
@@ -31,8 +31,9 @@ from searchtune.ml.metrics import roc_points
 from searchtune.ml.scoring import score_frame
 from searchtune.ml.stats import BASE, CANDIDATE, LEXICAL, PRODUCTION, compute_statistics
 from searchtune.params import GateParams
-from searchtune.steps import champion, drift, ingest, model_card, report, report_analysis, summary
-from searchtune.steps.gate import decide
+from searchtune.steps import champion, ingest
+from searchtune.steps.evaluation import drift, model_card, report, report_analysis, summary
+from searchtune.steps.evaluation.gate import decide
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ def _lexical_vectorizer(splits_dir: str):
 
 def drift_summary(splits_dir: str, production: Production, output_dir: Path) -> records.DriftSummary:
     """Has the data changed since production was trained? Its stored training sample against a
-    sample of this run's training split, and production's scores on both (``steps/drift.py``)."""
+    sample of this run's training split, and production's scores on both (``steps/evaluation/drift.py``)."""
     current = ingest.sample_split(splits_dir, "train", drift.MAX_ROWS, columns=DRIFT_COLUMNS)
     current_name = "this run's training data"
     if production.record is None:

@@ -15,7 +15,7 @@ wrapper of the same model on its own share of every epoch's batches (``BatchOrde
 validation is scored in shares and gathered, so every rank takes the same early-stopping
 decision. Rank 0 writes checkpoints and the model. Checkpoints (trainable weights,
 optimizer, scheduler, position, every rank's random state) go to ``checkpoint_uri`` so a
-preempted pod resumes where it stopped (``steps.checkpoints``).
+preempted pod resumes where it stopped (``steps.training.checkpoints``).
 """
 
 import dataclasses
@@ -41,7 +41,7 @@ from searchtune.ml.batching import (
 )
 from searchtune.params import TrainParams
 from searchtune.progress import track
-from searchtune.steps.checkpoints import Checkpointer, rng_state, set_rng_state
+from searchtune.steps.training.checkpoints import Checkpointer, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def finetune(tokenized_dir: str, output_dir: str, config: TrainParams | None = N
         checkpoint_uri: where to checkpoint and resume from ('' = no checkpoints).
         group: this process's data-parallel group (``ml.distributed.start``); default one process.
         warm_start: the registered version training continues from (recorded with the model).
-        init_dir: that version's files (``steps.warm_start.fetch``); '' = start from the base model.
+        init_dir: that version's files (``steps.training.warm_start.fetch``); '' = start from the base model.
 
     Returns:
         The model record written to ``searchtune_model.json`` (base-model reference,

@@ -29,7 +29,7 @@ from searchtune.errors import SearchtuneError
 from searchtune.io import storage
 from searchtune.ml import distributed
 from searchtune.params import TrainParams
-from searchtune.steps import warm_start
+from searchtune.steps.training import warm_start
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ binary labels), ``query_group`` (hex digest of the normalised query: the split k
 
 Memory stays bounded whatever the input size; two passes:
 
-1. Every file is read in record batches (``steps.ingest_files``: pyarrow's CSV, JSON and
+1. Every file is read in record batches (``steps.ingestion.files``: pyarrow's CSV, JSON and
    Parquet readers; ``.gz`` decompressed on the fly; text checked and decoded to UTF-8).
-   Each batch is validated with Arrow kernels (``steps.ingest_rows``); rejected rows
+   Each batch is validated with Arrow kernels (``steps.ingestion.rows``); rejected rows
    stream into ``rejects.parquet``; clean rows are spilled, by a range of their query
    digest, into partition files (Arrow IPC, lz4) in a temporary folder.
 2. Each partition (about ``PARTITION_INPUT_BYTES`` of input) is read alone, sorted by
@@ -57,14 +57,14 @@ from searchtune.errors import SearchtuneError
 from searchtune.io import storage
 from searchtune.io.backend import Missing
 from searchtune.params import IngestParams
-from searchtune.steps.ingest_files import (  # noqa: F401  (READERS: the formats, re-exported for the index step)
+from searchtune.steps.ingestion.files import (  # noqa: F401  (READERS: the formats, re-exported for the index step)
     COMPRESSED_EXPANSION,
     READERS,
     Source,
     file_kind,
     read_batches,
 )
-from searchtune.steps.ingest_rows import (  # noqa: F401  (re-exported: the step's public names)
+from searchtune.steps.ingestion.rows import (  # noqa: F401  (re-exported: the step's public names)
     DEFAULT_FRACTIONS,
     TEXT_SEPARATOR,
     SplitFractions,

@@ -5,7 +5,7 @@ the rules between them), proves the registry reachable and writable, checks that
 production version's files are all there with their sizes (the champion the evaluation
 compares against; no checksums, so it costs one listing), resolves the base model and
 checks that the LoRA targets exist in it, resolves ``init_from`` (the version a warm start
-continues, ``steps.warm_start``), and lists the input files with their versions. A bad run
+continues, ``steps.training.warm_start``), and lists the input files with their versions. A bad run
 stops here in seconds with one line, not after training.
 
 The listing has a second job: ``data_version``, a digest of every input file's name,
@@ -26,8 +26,8 @@ from searchtune.io import storage
 from searchtune.ml import modeling
 from searchtune.params import RunParameters, TrainParams
 from searchtune.registry import ModelRegistry
-from searchtune.steps import warm_start
 from searchtune.steps.register import code_version
+from searchtune.steps.training import warm_start
 
 log = logging.getLogger(__name__)
 

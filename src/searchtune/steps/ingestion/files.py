@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from searchtune.errors import SearchtuneError, first_line
 from searchtune.io.text_stream import TextStream
 from searchtune.params import IngestParams
-from searchtune.steps.ingest_rows import ROLE_EXPECTS, ROLE_FLAGS, column_roles, json_text, type_problem
+from searchtune.steps.ingestion.rows import ROLE_EXPECTS, ROLE_FLAGS, column_roles, json_text, type_problem
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Curves (ROC, precision-recall), score distributions by label, calibration (reliability bins
 and expected calibration error), per-query changes against a reference model, and slices
 with the gate metric and its interval. Plain functions of arrays and frames; the HTML is
-``searchtune.steps.report``.
+``searchtune.steps.evaluation.report``.
 
 Slices (what they mean is also printed in the report):
 

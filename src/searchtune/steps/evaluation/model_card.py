@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from searchtune import records
-from searchtune.steps.summary import format_estimate, metrics_table_rows, slice_lines
+from searchtune.steps.evaluation.summary import format_estimate, metrics_table_rows, slice_lines
 
 TEMPLATE = """---
 {{ card_data }}

@@ -16,9 +16,9 @@ from pathlib import Path
 import pandas as pd
 
 from searchtune import records
-from searchtune.steps import report_analysis as analysis
-from searchtune.steps import report_plots as plots
-from searchtune.steps.summary import format_difference, format_estimate, metrics_table_rows, model_label
+from searchtune.steps.evaluation import report_analysis as analysis
+from searchtune.steps.evaluation import report_plots as plots
+from searchtune.steps.evaluation.summary import format_difference, format_estimate, metrics_table_rows, model_label
 
 MAX_PRODUCTS_SHOWN = 20  # per query in the most improved / regressed lists
 STYLE = """
