@@ -10,7 +10,8 @@ from sklearn.metrics import average_precision_score, log_loss, ndcg_score, roc_a
 
 from searchtune.errors import SearchtuneError
 from searchtune.ml.ranking import PooledOrder, QueryLayout, expected_reciprocal_rank, pooled_auc_ap, weighted_pooled_auc_ap
-from searchtune.ml.stats import StatsResult, compute_statistics, expanded_tail
+from searchtune.ml.stats import compute_statistics, expanded_tail
+from searchtune.records import StatsResult
 
 
 def simulated(rng, queries=150, mean_rows=6, gap=1.0, candidate_noise=1.0, base_noise=1.0, ties=False):

@@ -18,7 +18,6 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from searchtune.errors import SearchtuneError
-from searchtune.ml.stats import StatsResult
 from searchtune.params import GateParams
 
 # --- files that are not JSON records ---------------------------------------------------
@@ -34,6 +33,7 @@ DRIFT_JSON_FILE = "drift_report.json"
 SUMMARY_FILE = "summary.md"
 PREDICTIONS_FILE = "predictions.parquet"
 INDEX_DIR = "index"  # the product vector index inside a registered version
+MANIFEST_FILE = "MANIFEST.json"  # a registered version's file list (size, sha256), written last
 
 
 def split_file(split: str) -> str:
@@ -213,6 +213,70 @@ class ChampionRecord(Record):
 
 
 # --- evaluate ---------------------------------------------------------------------------
+# The test-set statistics (``searchtune.ml.stats.compute_statistics``): the one thing the gate reads.
+
+
+class Estimate(BaseModel):
+    """One model's value of one metric and its interval (None: not computable)."""
+
+    value: float | None
+    low: float | None
+    high: float | None
+
+
+class Difference(BaseModel):
+    """Candidate minus another model on one metric, paired over the same resamples."""
+
+    difference: float | None
+    low: float | None
+    high: float | None
+    share_candidate_worse: float | None
+
+
+class MetricInfo(BaseModel):
+    """What a metric is, which way is better, what it averages over, and its random floor."""
+
+    label: str
+    higher_is_better: bool
+    averaged_over: str
+    interval: str
+    random_floor: float | None
+
+
+class Counts(BaseModel):
+    """What the test split holds; ``queries_with_graded_gains`` are those nDCG can score."""
+
+    rows: int
+    positives: int
+    queries: int
+    queries_with_both_classes: int
+    queries_with_graded_gains: int
+
+
+class StatsResult(BaseModel):
+    """Everything the gate and the reviewer need; ``model_dump()`` is plain JSON."""
+
+    candidate: str
+    confidence: float
+    resamples: int
+    seed: int
+    method: str
+    counts: Counts
+    metrics: dict[str, MetricInfo]
+    models: dict[str, dict[str, Estimate]]
+    comparisons: dict[str, dict[str, Difference]]
+    unscored: dict[str, str]
+    seconds: float
+
+    def estimate(self, model: str, metric: str) -> Estimate | None:
+        """The model's estimate, or None when the model or the metric is absent."""
+        return self.models.get(model, {}).get(metric)
+
+    def difference(self, other: str, metric: str) -> Difference | None:
+        """Candidate minus ``other``, or None when either is absent."""
+        return self.comparisons.get(other, {}).get(metric)
+
+
 REPORT_FILE = "report.html"  # the self-contained evaluation report (steps/evaluation/report.py)
 MODEL_CARD_FILE = "model_card.md"  # written by evaluate, stored with a registered version
 

@@ -54,8 +54,8 @@ exact form costs little and also captures the skew near 0 or 1 (at 150 queries t
 first-order PR AUC interval covered 92-95% where the exact one covered 95%).
 ``"auto"`` (default) is exact up to ``EXACT_POOLED_MAX_CELLS`` rows x resamples.
 
-(Over 300 lines: a third is this docstring and the documented result types; the
-arithmetic lives in ``searchtune.ml.ranking``.)
+The arithmetic lives in ``searchtune.ml.ranking``; the result types, which cross into the
+gate and the report, in ``searchtune.records``.
 """
 
 from __future__ import annotations
@@ -64,11 +64,11 @@ import time
 from collections.abc import Collection, Mapping
 
 import numpy as np
-from pydantic import BaseModel
 from scipy.special import ndtr, stdtrit
 
 from searchtune.errors import SearchtuneError
 from searchtune.ml.ranking import PooledOrder, QueryLayout, per_query_columns, pooled_auc_ap, weighted_pooled_auc_ap
+from searchtune.records import Counts, Difference, Estimate, MetricInfo, StatsResult
 
 CANDIDATE, BASE, LEXICAL, PRODUCTION = "candidate", "base", "lexical", "production"
 POOLED_METHODS = ("auto", "exact", "linearized")
@@ -77,67 +77,6 @@ POOLED_METHODS = ("auto", "exact", "linearized")
 EXACT_POOLED_MAX_CELLS = 50_000_000
 MIN_RESAMPLES = 1000
 _CHUNK_CELLS = 1 << 21  # floats per temporary (16 MB) when weights are spread over rows
-
-
-class Estimate(BaseModel):
-    """One model's value of one metric and its interval (None: not computable)."""
-
-    value: float | None
-    low: float | None
-    high: float | None
-
-
-class Difference(BaseModel):
-    """Candidate minus another model on one metric, paired over the same resamples."""
-
-    difference: float | None
-    low: float | None
-    high: float | None
-    share_candidate_worse: float | None
-
-
-class MetricInfo(BaseModel):
-    """What a metric is, which way is better, what it averages over, and its random floor."""
-
-    label: str
-    higher_is_better: bool
-    averaged_over: str
-    interval: str
-    random_floor: float | None
-
-
-class Counts(BaseModel):
-    """What the test split holds; ``queries_with_graded_gains`` are those nDCG can score."""
-
-    rows: int
-    positives: int
-    queries: int
-    queries_with_both_classes: int
-    queries_with_graded_gains: int
-
-
-class StatsResult(BaseModel):
-    """Everything the gate and the reviewer need; ``model_dump()`` is plain JSON."""
-
-    candidate: str
-    confidence: float
-    resamples: int
-    seed: int
-    method: str
-    counts: Counts
-    metrics: dict[str, MetricInfo]
-    models: dict[str, dict[str, Estimate]]
-    comparisons: dict[str, dict[str, Difference]]
-    unscored: dict[str, str]
-    seconds: float
-
-    def estimate(self, model: str, metric: str) -> Estimate | None:
-        """The model's estimate, or None when the model or the metric is absent."""
-        return self.models.get(model, {}).get(metric)
-
-    def difference(self, other: str, metric: str) -> Difference | None:
-        """Candidate minus ``other``, or None when either is absent."""
-        return self.comparisons.get(other, {}).get(metric)
 
 
 def compute_statistics(

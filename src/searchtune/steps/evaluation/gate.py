@@ -52,9 +52,9 @@ import math
 
 from searchtune import records
 from searchtune.errors import SearchtuneError
-from searchtune.ml.stats import BASE, LEXICAL, PRODUCTION, Difference, StatsResult
+from searchtune.ml.stats import BASE, LEXICAL, PRODUCTION
 from searchtune.params import GateParams
-from searchtune.records import Clause
+from searchtune.records import Clause, Difference, StatsResult
 
 
 def decide(statistics: StatsResult, rule: GateParams, *, production_label: str = "production model", candidate_id: str = "",

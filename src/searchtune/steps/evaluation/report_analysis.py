@@ -29,8 +29,9 @@ import pandas as pd
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from searchtune.ml.ranking import QueryLayout, per_query_columns
-from searchtune.ml.stats import BASE, CANDIDATE, LEXICAL, PRODUCTION, Difference, Estimate, compute_statistics
+from searchtune.ml.stats import BASE, CANDIDATE, LEXICAL, PRODUCTION, compute_statistics
 from searchtune.params import GateParams
+from searchtune.records import Difference, Estimate
 
 MODEL_ORDER = (CANDIDATE, PRODUCTION, BASE, LEXICAL)
 LOGIT_MODELS = (CANDIDATE, PRODUCTION, BASE)  # calibrated logits; the lexical cosine is not a probability
