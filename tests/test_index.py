@@ -26,22 +26,42 @@ def default_index(trained_model_dir, splits_dir, tmp_path_factory) -> str:
     return out
 
 
-def test_the_default_catalog_is_the_distinct_product_texts_of_the_ingest_output(default_index, splits_dir, encoder):
-    texts = pd.concat([ingest.read_split(splits_dir, s)["product_text"] for s in ingest.SPLITS]).drop_duplicates()
+def test_the_default_catalog_is_the_run_data_with_its_own_product_uid(default_index, sample_file, sample_frame, encoder):
     loaded = vector_index.VectorIndex(default_index)
     record = loaded.record
-    assert record.kind == "flat-ip" and record.count == len(texts) == len(loaded)
-    assert record.catalog["id_scheme"] == "sha256(product_text)[:16]" and record.catalog["products"] == len(texts)
+    products = sample_frame.drop_duplicates("product_uid")
+    assert record.kind == "flat-ip" and record.count == len(products) == len(loaded)
+    assert record.catalog["id_scheme"] == "catalog column" and record.catalog["id_column"] == "product_uid"
+    assert record.catalog["source"] == f"the run's data: {sample_file}"
+    assert record.catalog["text_columns"] == ["product_title", "brand"]  # what ingest trained on
     assert record.model_fingerprint == encoder.fingerprint and record.architecture == "bi-encoder"
-    ids = [hashlib.sha256(t.encode()).hexdigest()[:16] for t in texts]
+    assert sorted(loaded.ids) == sorted(products["product_uid"].astype(str))
+    ids = products["product_uid"].astype(str).head(20).tolist()
     rows = loaded.rows_of(ids)
     assert (rows >= 0).all()
-    # The stored vectors are the model's embeddings of the texts.
-    assert np.abs(loaded.vectors(rows[:20]) - encoder.embed(texts.head(20).tolist())).max() < 1e-5
+    # The stored vectors are the model's embeddings of ingest's own product text for that product.
+    texts = [f"{t} | {b}" for t, b in zip(products["product_title"].head(20), products["brand"].head(20), strict=True)]
+    assert np.abs(loaded.vectors(rows) - encoder.embed(texts)).max() < 1e-5
     assert loaded.rows_of(["not-a-product"]).tolist() == [-1]
     # Exact search: a product's own vector finds it first.
     _, found = loaded.search(loaded.vectors(rows[:3]), 1)
     assert found[:, 0].tolist() == ids[:3]
+
+
+def test_data_without_the_id_column_falls_back_to_text_hashes_and_says_so(trained_model_dir, sample_frame, tmp_path):
+    from searchtune.params import IngestParams
+
+    data = str(tmp_path / "judgements.csv")
+    sample_frame.drop(columns=["product_uid"]).to_csv(data, index=False)
+    splits = str(tmp_path / "splits")
+    ingest.ingest(splits, IngestParams(data=data))
+    record = step.build_index(trained_model_dir, splits, str(tmp_path / "out"), threads=1)
+    texts = pd.concat([ingest.read_split(splits, s)["product_text"] for s in ingest.SPLITS]).drop_duplicates()
+    assert record.count == len(texts) and record.catalog["id_scheme"] == "sha256(product_text)[:16]"
+    assert record.catalog["id_note"].startswith(f"no 'product_uid' ids: {data}: missing column(s) 'product_uid'")
+    loaded = vector_index.VectorIndex(str(tmp_path / "out"))
+    ids = [hashlib.sha256(t.encode()).hexdigest()[:16] for t in texts]
+    assert (loaded.rows_of(ids) >= 0).all()
 
 
 def write_catalog(frame: pd.DataFrame, path, kind: str) -> str:

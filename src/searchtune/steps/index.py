@@ -6,12 +6,16 @@ file) and a server started from a version has the vectors that belong to its mod
 
 The catalog is either
 
-* the distinct product texts of the ingest output (all splits: products are products
-  whichever query they were judged for), each with the id ``sha256(product_text)[:16]``
-  (hex): stable across runs and machines, and the same text always gets the same id; or
+* the run's own data (default): every product of the files the ingest step read (its
+  ``stats.json`` names them and the column mapping), with the id from ``catalog_id_column``
+  (``product_uid``) when every file has that column, read and joined by the ingest step's
+  own readers (so the text is byte for byte what the model was trained on). When the data
+  has no such column, the distinct product texts of the ingest output, each with the id
+  ``sha256(product_text)[:16]`` (hex: stable across runs, the same text always gets the
+  same id); the record's ``catalog.id_scheme`` and ``catalog.id_note`` say which and why; or
 * ``catalog``: CSV/TSV, Parquet or JSON Lines files (a file, folder or glob, local or
   gs://) with an id column and the product text columns, joined exactly as the ingest
-  step joins them (so the text is what the model was trained on). Files are read one at
+  step joins them. Files are read one at
   a time and in chunks; vectors go to a scratch file, not to memory, until the index is
   built. Rows without an id or text are skipped, a repeated id keeps its first row; both
   are counted in the record.
@@ -34,9 +38,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from searchtune.errors import SearchtuneError
+from searchtune import records
+from searchtune.errors import SearchtuneError, first_line
 from searchtune.io import storage
 from searchtune.ml import embedding, vector_index
+from searchtune.params import IngestParams
 from searchtune.steps import ingest
 
 log = logging.getLogger(__name__)
@@ -99,45 +105,100 @@ def _check_columns(path: str, wanted: list[str], found: list[str]) -> None:
                               f"columns found: {', '.join(repr(str(c)) for c in found)}")
 
 
-def catalog_products(splits_dir: str, catalog: str, id_column: str, text_columns: tuple[str, ...],
-                     counts: dict) -> Iterator[tuple[list[str], list[str]]]:
+def data_catalog(splits_dir: str, id_column: str) -> tuple[IngestParams | None, list[str], str]:
+    """The run's data files and how ingest read them, when every one has ``id_column``.
+
+    Returns:
+        ``(ingest parameters, files, "")``, or ``(None, [], why not)``: then the ids are
+        ``sha256(product_text)[:16]`` and the reason goes into the index record.
+    """
+    try:
+        stats = records.IngestStats.read(splits_dir)
+        params = IngestParams(**stats.column_mapping)
+    except (SearchtuneError, ValueError) as error:  # pydantic's ValidationError is a ValueError
+        return None, [], f"the ingest output's {records.IngestStats.FILE} cannot be used ({first_line(error)})"
+    for path in stats.sources:
+        problem = _lacks_column(path, id_column, params)
+        if problem:
+            return None, [], problem
+    return params, list(stats.sources), ""
+
+
+def _lacks_column(path: str, column: str, params: IngestParams) -> str:
+    """Why ``column`` cannot be read from ``path`` with ingest's reader ('' when it can)."""
+    kind, compressed = ingest.file_kind(path)
+    with storage.local_copy(path) as local:
+        batches = ingest.read_batches(ingest.Source(path, kind, compressed), local, [column], params)
+        try:
+            next(batches, None)  # the readers check the columns before the first batch
+        except SearchtuneError as error:
+            return first_line(error)
+        finally:
+            batches.close()
+    return ""
+
+
+def _id_text_chunks(splits_dir: str, catalog: str, id_column: str, text_columns: tuple[str, ...],
+                    data: tuple[IngestParams | None, list[str]]) -> Iterator[tuple[str, pd.Series, pd.Series]]:
+    """``(file, ids, texts)`` chunks of every row of the catalog, in file order."""
+    params, data_files = data
+    if catalog:
+        for path in storage.expand(catalog):
+            for chunk in _chunks(path, [id_column, *text_columns]):
+                ids = chunk[id_column].astype("string").fillna("").str.strip().reset_index(drop=True)
+                yield path, ids, _join_text(chunk[list(text_columns)].reset_index(drop=True), text_columns)
+    elif params is not None:
+        columns = list(dict.fromkeys([id_column, *params.text_column_list]))
+        for path in data_files:
+            kind, compressed = ingest.file_kind(path)
+            with storage.local_copy(path) as local:
+                for raw, _positions in ingest.read_batches(ingest.Source(path, kind, compressed), local, columns, params):
+                    ids = pd.Series(ingest.as_text(raw.column(id_column)).to_pylist(), dtype=object).str.strip()
+                    texts = ingest.product_text([raw.column(c) for c in params.text_column_list])
+                    yield path, ids, pd.Series(texts.to_pylist(), dtype=object)
+    else:
+        for split in ingest.SPLITS:
+            path = os.path.join(splits_dir, records.split_file(split))
+            for chunk in _chunks(path, ["product_text"]):
+                texts = chunk["product_text"].astype(str).reset_index(drop=True)
+                yield path, texts.map(text_product_id), texts
+
+
+def catalog_products(splits_dir: str, catalog: str, id_column: str, text_columns: tuple[str, ...], counts: dict,
+                     data: tuple[IngestParams | None, list[str]] = (None, [])) -> Iterator[tuple[list[str], list[str]]]:
     """``(ids, texts)`` chunks of distinct catalog products; ``counts`` collects rows read and skipped.
 
     Args:
-        splits_dir: the ingest output (used when ``catalog`` is empty).
-        catalog: catalog files (file, folder or glob; local or gs://); '' = the ingest output.
+        splits_dir: the ingest output (used when ``catalog`` is empty and ``data`` names no files).
+        catalog: catalog files (file, folder or glob; local or gs://); '' = the run's data.
         id_column: the catalog's product id column.
         text_columns: the catalog's product text columns, joined in this order.
         counts: filled with ``rows_read``, ``skipped_empty`` and ``duplicates_dropped``.
+        data: from :func:`data_catalog`: the run's data files with ``id_column`` and how
+            ingest read them; ``(None, [])`` = the ingest output's texts with hash ids.
     """
     counts.update(rows_read=0, skipped_empty=0, duplicates_dropped=0)
     seen: set[str] = set()
-    if catalog:
-        sources = [(path, [id_column, *text_columns]) for path in storage.expand(catalog)]
-    else:
-        sources = [(os.path.join(splits_dir, f"{split}.parquet"), ["product_text"]) for split in ingest.SPLITS]
-    for path, columns in sources:
-        for chunk in _chunks(path, columns):
-            counts["rows_read"] += len(chunk)
-            if catalog:
-                texts = _join_text(chunk[list(text_columns)].reset_index(drop=True), text_columns)
-                ids = chunk[id_column].astype("string").fillna("").str.strip().reset_index(drop=True)
-            else:
-                texts = chunk["product_text"].astype(str).reset_index(drop=True)
-                ids = texts.map(text_product_id)
-            keep = (ids != "") & (texts != "")
-            counts["skipped_empty"] += int((~keep).sum())
-            chunk_ids, chunk_texts = [], []
-            for product_id, text in zip(ids[keep], texts[keep], strict=True):
-                if product_id in seen:
-                    counts["duplicates_dropped"] += 1
-                    continue
-                seen.add(product_id)
-                chunk_ids.append(product_id)
-                chunk_texts.append(text)
-            if chunk_ids:
-                yield chunk_ids, chunk_texts
-        log.info("catalog: read %s (%d products so far)", path, len(seen))
+    done = None
+    for path, ids, texts in _id_text_chunks(splits_dir, catalog, id_column, text_columns, data):
+        if done is not None and path != done:
+            log.info("catalog: read %s (%d products so far)", done, len(seen))
+        done = path
+        counts["rows_read"] += len(ids)
+        keep = (ids != "") & (texts != "")
+        counts["skipped_empty"] += int((~keep).sum())
+        chunk_ids, chunk_texts = [], []
+        for product_id, text in zip(ids[keep], texts[keep], strict=True):
+            if product_id in seen:
+                counts["duplicates_dropped"] += 1
+                continue
+            seen.add(product_id)
+            chunk_ids.append(product_id)
+            chunk_texts.append(text)
+        if chunk_ids:
+            yield chunk_ids, chunk_texts
+    if done is not None:
+        log.info("catalog: read %s (%d products)", done, len(seen))
 
 
 def _probe_queries(splits_dir: str, encoder: embedding.TextEncoder, count: int = vector_index.RECALL_PROBES) -> np.ndarray | None:
@@ -161,10 +222,10 @@ def build_index(model_dir: str, splits_dir: str, output_dir: str, catalog: str =
         splits_dir: the ingest output: the default catalog, and real queries for the recall check.
         output_dir: local folder for ``index.json``, ``index.faiss`` and ``ids.parquet``.
         catalog: catalog files (CSV/TSV, Parquet, JSONL; file, folder or glob; local or gs://);
-            '' = the distinct products of ``splits_dir``.
-        id_column: the catalog's product id column (ignored without ``catalog``).
+            '' = the run's data (:func:`data_catalog`; hash ids when it lacks ``id_column``).
+        id_column: the product id column of the catalog, or else of the run's data.
         text_columns: comma-separated product text columns of the catalog, joined as the
-            ingest step joins them; use the run's ``text_columns`` (ignored without ``catalog``).
+            ingest step joins them (without ``catalog``: the columns ingest used).
         exact_max: the most products that get an exact index (IVF above).
         threads: torch and FAISS threads (0 = one per core).
         batch_size: texts per forward pass.
@@ -181,9 +242,20 @@ def build_index(model_dir: str, splits_dir: str, output_dir: str, catalog: str =
         raise SearchtuneError("text_columns names no column of the catalog")
     started = time.perf_counter()
     encoder = embedding.TextEncoder(model_dir, threads=threads, batch_size=batch_size, engine=engine)
-    source = {"source": catalog or f"{splits_dir} (distinct product_text of every split)",
-              "id_column": id_column if catalog else None, "text_columns": list(columns) if catalog else ["product_text"],
-              "id_scheme": "catalog column" if catalog else TEXT_ID_SCHEME}
+    data, note = (None, []), ""
+    if not catalog:
+        params, files, note = data_catalog(splits_dir, id_column)
+        data = (params, files)
+        if params is not None:
+            columns = params.text_column_list
+    if catalog or data[0] is not None:
+        source = {"source": catalog or f"the run's data: {', '.join(data[1])}", "id_column": id_column,
+                  "text_columns": list(columns), "id_scheme": "catalog column"}
+    else:
+        source = {"source": f"{splits_dir} (distinct product_text of every split)", "id_column": None,
+                  "text_columns": ["product_text"], "id_scheme": TEXT_ID_SCHEME,
+                  "id_note": f"no {id_column!r} ids: {note}"}
+        log.warning("product ids are %s: %s", TEXT_ID_SCHEME, source["id_note"])
     common = {"model_fingerprint": encoder.fingerprint, "architecture": encoder.architecture,
               "max_length": encoder.max_length, "catalog": source}
     if not encoder.has_vectors:
@@ -197,7 +269,7 @@ def build_index(model_dir: str, splits_dir: str, output_dir: str, catalog: str =
         vectors_path = os.path.join(scratch, "vectors.f32")
         embed_seconds = 0.0
         with open(vectors_path, "wb") as vectors_file:
-            for chunk_ids, chunk_texts in catalog_products(splits_dir, catalog, id_column, columns, counts):
+            for chunk_ids, chunk_texts in catalog_products(splits_dir, catalog, id_column, columns, counts, data):
                 tick = time.perf_counter()
                 vectors_file.write(encoder.embed(chunk_texts).tobytes())
                 embed_seconds += time.perf_counter() - tick
