@@ -7,6 +7,7 @@ from pathlib import Path
 
 from searchtune import params, records
 from searchtune.cli import cluster_flags, exit_codes
+from searchtune.cli.next_steps import next_steps
 from searchtune.cli.parameters import add_parameter_flags, given
 from searchtune.errors import SearchtuneError
 from searchtune.orchestration import images, local_run
@@ -127,13 +128,14 @@ def describe_run(run) -> str:
     shown = [f"{summary.model_label(name, evaluation.production_version)} {summary.format_estimate(values.get(metric))}"
              for name, values in statistics.models.items()]
     drift = evaluation.drift
+    report = _path(run, records.REPORT_FILE, run.step_output("evaluate", "report"))
     lines = [
         f"pipeline finished in {run.seconds:.0f} s (run {run.run_id})",
         f"  {'BLESSED' if blessing.blessed else 'NOT BLESSED'}: {blessing.reason}",
         f"  test {statistics.metrics[metric].label} [{statistics.confidence:.0%} interval]: " + ", ".join(shown[:2]),
         *(["      " + ", ".join(shown[2:])] if len(shown) > 2 else []),
         f"  drift:    {drift.headline or drift.status}",
-        f"  report:   {_path(run, records.REPORT_FILE, run.step_output('evaluate', 'report'))}",
+        f"  report:   {report}",
         f"  summary:  {_path(run, records.SUMMARY_FILE, run.step_output('evaluate', 'summary'))}",
         f"  model:    {_path(run, 'model', run.step_output('finetune', 'model'))}",
     ]
@@ -147,6 +149,9 @@ def describe_run(run) -> str:
     log_file = run.published(local_run.LOG_FILE)
     if log_file is not None:
         lines.append(f"  log:      {log_file}")
+    promoted = registration.exists() and records.Registration.read(str(registration)).promoted
+    lines += next_steps(blessing, run.parameters.registry_root, run.parameters.model_name, promoted,
+                        evaluation.production_version, str(report))
     return "\n".join(lines)
 
 
