@@ -81,7 +81,8 @@ def _list(args: argparse.Namespace) -> int:
     registry = ModelRegistry(args.registry)
     names = [args.model] if args.model else registry.models(stored=True)
     if not names:
-        print(f"no models registered in {registry.root}")
+        print(f"no models registered in {registry.root}: `make run` (or `searchtune run --registry {registry.root}`) "
+              "registers the first one when the gate blesses it; `--no-require-beat-base` registers one it refused")
         return 0
     for index, name in enumerate(names):
         health = registry.version_health(name)
