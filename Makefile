@@ -1,4 +1,5 @@
-# Two entry points (README): `make run` and `make test`. Both set up .venv first.
+# Two entry points (README): `make run` and `make test`. Both set up .venv first; `make serve`
+# then serves the local registry's production model on http://127.0.0.1:8080.
 # `make images` builds the two container images (images/README.md); `make check-install`
 # proves the locks resolve from public indexes alone.
 PYTHON ?= python3
@@ -9,7 +10,7 @@ IMAGE_PREFIX ?= ghcr.io/searchtune
 IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 BUILD_ARGS ?=
 
-.PHONY: setup run test images image-cpu image-gpu check-install bench clean
+.PHONY: setup run serve test images image-cpu image-gpu check-install bench clean
 
 # torch's CPU build first, from the index its lock names (images/requirements-torch-cpu.lock:
 # the only package not from PyPI), then exactly the lock from PyPI, then the project.
@@ -25,6 +26,14 @@ setup: $(BIN)/searchtune
 # Exit 3 is a finished run whose candidate the gate refused: an answer, not a failure.
 run: setup
 	HF_HUB_OFFLINE=1 $(BIN)/searchtune run; code=$$?; [ $$code -eq 0 ] || [ $$code -eq 3 ]
+
+# The version the last blessed run made production, served in place from the local registry.
+SEARCHTUNE ?= $(BIN)/searchtune
+SERVE_HOST ?= 127.0.0.1
+SERVE_PORT ?= 8080
+REGISTRY ?= $(or $(SEARCHTUNE_REGISTRY),.searchtune/registry)
+serve: setup
+	@HF_HUB_OFFLINE=1 $(SEARCHTUNE) serve --model @production --registry $(REGISTRY) --host $(SERVE_HOST) --port $(SERVE_PORT)
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest

@@ -7,14 +7,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
+from searchtune.errors import SearchtuneError
+from searchtune.registry import DEFAULT_REGISTRY, PRODUCTION
 from searchtune.serving.protocol import MAX_TEXTS_PER_REQUEST
 
 log = logging.getLogger(__name__)
 
 DESCRIPTION = """\
-Serve a model folder (from `searchtune models pull`, a registry version copied by KServe's
+Serve a model folder (from 'searchtune models pull', a registry version copied by KServe's
 storage initializer, or a fine-tune output) with KServe's v1 and v2 protocols:
+
+  searchtune serve --model @production     the local registry's production version (make serve)
+  searchtune serve --model-dir ./model      a folder
 
   POST /v1/models/<name>:predict          pairs {"query","product_text"} or rerank
                                           {"query","candidates":[{"product_id"|"product_text"}]}
@@ -42,7 +48,14 @@ def add_parser(commands) -> None:
     """Add ``serve`` to the ``searchtune`` command."""
     parser = commands.add_parser("serve", help="serve a model over HTTP (KServe v1/v2: rerank, search)",
                                  description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", required=True, help="model folder (registry version or fine-tune output)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", metavar="REF", help="a registered version: [<registry>/]<model>@<version|production|"
+                                                       "latest>, or @production for the default model")
+    source.add_argument("--model-dir", help="model folder (a pulled registry version or a fine-tune output)")
+    parser.add_argument("--registry", default=DEFAULT_REGISTRY, help="registry root for a --model REF that names none "
+                                                                     "(default $SEARCHTUNE_REGISTRY or .searchtune/registry)")
+    parser.add_argument("--pull-dir", default=".searchtune/served", help="where a version of a gs:// registry is pulled to "
+                                                                         "(a local registry's version is served in place)")
     parser.add_argument("--index-dir", default="", help="product index folder (default <model-dir>/index if present)")
     parser.add_argument("--model-name", default="searchtune-relevance", help="<name> in the URLs (search: <name>-search)")
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default all)")
@@ -69,10 +82,35 @@ def add_parser(commands) -> None:
     parser.set_defaults(func=serve_command)
 
 
+def registered_model_dir(ref: str, registry_root: str, pull_dir: str) -> str:
+    """The local folder of the version ``ref`` names: in place for a local registry, else pulled once.
+
+    Raises:
+        SearchtuneError: one line: no such version, or no production model yet and how to get one.
+    """
+    from searchtune.cli.models import parse_ref
+    from searchtune.io import storage
+
+    registry, model, version = parse_ref(ref, registry_root)
+    if version == PRODUCTION and registry.alias(model, PRODUCTION) is None:
+        raise SearchtuneError(f"no production model '{model}' in {registry.root} yet: `make run` registers one when the gate "
+                              "blesses it; `searchtune run --no-require-beat-base` registers a candidate that does not "
+                              "beat the untuned base (`searchtune models list` shows what is there)")
+    number = registry.resolve(model, version)
+    if not storage.is_gcs(registry.root):
+        return registry.version_uri(model, number)
+    dest = os.path.join(pull_dir, model, f"v{number}")
+    if not os.path.isdir(dest):  # fetch leaves either the complete version or nothing
+        registry.fetch(model, number, dest)
+    return dest
+
+
 def serve_command(args: argparse.Namespace) -> int:
     from searchtune.serving import server
     from searchtune.serving.service import RelevanceService, ServiceSettings, check_model_dir
 
+    if args.model:
+        args.model_dir = registered_model_dir(args.model, args.registry, args.pull_dir)
     check_model_dir(args.model_dir, args.index_dir)
     service = RelevanceService(ServiceSettings(
         model_dir=args.model_dir, index_dir=args.index_dir, threads=args.threads, cache_size=args.cache_size,

@@ -23,15 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
+from searchtune import records
 from searchtune.errors import SearchtuneError
 from searchtune.ml import vector_index
 from searchtune.serving.batcher import Batcher, TextVectorCache
 from searchtune.serving.protocol import BadRequest, Candidate
 
 log = logging.getLogger(__name__)
-
-MANIFEST_FILE = "MANIFEST.json"
-INDEX_DIR = "index"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +65,7 @@ def verify_manifest(folder: str) -> dict | None:
     Raises:
         SearchtuneError: a listed file is missing or differs, naming it.
     """
-    path = Path(folder) / MANIFEST_FILE
+    path = Path(folder) / records.MANIFEST_FILE
     if not path.exists():
         return None
     manifest = json.loads(path.read_text())
@@ -86,8 +84,6 @@ def verify_manifest(folder: str) -> dict | None:
 
 def check_model_dir(model_dir: str, index_dir: str = "") -> None:
     """Fail at once, before the server starts, on folders that cannot be served."""
-    from searchtune import records
-
     if not os.path.isfile(os.path.join(model_dir, records.ModelRecord.FILE)):
         raise SearchtuneError(f"{model_dir} is not a searchtune model folder ({records.ModelRecord.FILE} missing); "
                               "use `searchtune models pull` or a fine-tune output")
@@ -124,7 +120,7 @@ class RelevanceService:
         self.manifest = verify_manifest(settings.model_dir) if settings.verify else None
         vector_index.set_threads(settings.threads)
         self.encoder = embedding.TextEncoder(settings.model_dir, threads=settings.threads, engine=settings.engine)
-        index_dir = settings.index_dir or os.path.join(settings.model_dir, INDEX_DIR)
+        index_dir = settings.index_dir or os.path.join(settings.model_dir, records.INDEX_DIR)
         if not self.encoder.has_vectors:
             self.search_unavailable = ("search is unavailable: this model is a cross-encoder, which has no product "
                                        "vectors; rerank scores candidates given with their product_text")
