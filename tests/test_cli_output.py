@@ -154,6 +154,7 @@ def test_a_default_run_prints_at_most_40_lines_and_the_paths_to_open(tmp_path):
     for step in ("preflight", "ingest", "tokenize", "finetune", "champion", "evaluate", "record-refusal"):
         assert sum(bool(re.match(rf"\d\d:\d\d:\d\d {step} +(started|done in)", line)) for line in printed) == 2, step
     assert f"NOT BLESSED: {blessing.reason}" in result.stdout
+    assert result.stdout.rstrip().endswith("searchtune run --no-require-beat-base registers it anyway")  # what to do next
     assert "drift:    no reference yet (no production model yet)" in result.stdout
     paths = dict(re.findall(r"^  (report|summary|model|log): +(\S+)", result.stdout, flags=re.M))
     assert paths["report"].endswith(".html") and paths["summary"].endswith(".md") and paths["log"].endswith(".log")
