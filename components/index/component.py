@@ -24,7 +24,7 @@ def index(
         splits: output of the ingest step: the default catalog (its distinct product texts)
             and real queries for the recall check of an IVF index.
         catalog: catalog files (CSV/TSV, Parquet, JSONL; a file, folder or glob; local or gs://);
-            '' = the distinct products of the training data, with ids sha256(product_text)[:16].
+            '' = the run's data, ids from catalog_id_column (sha256(product_text)[:16] if it lacks it).
         catalog_id_column: the catalog's product id column.
         catalog_text_columns: the catalog's product text columns, comma-separated, joined as the
             ingest step joins them; '' = text_columns.
