@@ -32,7 +32,7 @@ def make_version_files(folder, tag: str, big_bytes: int = 0) -> str:
         "adapter/adapter_model.safetensors": tag * 500,
         "tokenizer/vocab.txt": "\n".join(["[PAD]", "[UNK]", tag]),
         "searchtune_model.json": json.dumps({"architecture": "bi-encoder", "tag": tag}),
-        "blessing.json": json.dumps({"blessed": True, "candidate": {"auc": 0.8}}),
+        "notes.json": json.dumps({"tag": tag}),
     }
     for name, text in files.items():
         path = os.path.join(folder, name)

@@ -29,7 +29,7 @@ def test_register_list_show_fetch(registry_root, tmp_path):
     assert first["run_id"] == "run-a" and first["created_by"] == "test" and first["created_at"]
     assert {f["path"] for f in first["files"]} == {
         "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "tokenizer/vocab.txt",
-        "searchtune_model.json", "blessing.json"}
+        "searchtune_model.json", "notes.json"}
     for ref in (2, "2", "v2", "latest"):
         assert registry.version(MODEL, ref)["version"] == 2
     assert registry.production(MODEL) is None
@@ -248,7 +248,7 @@ def test_writer_killed_mid_upload_leaves_listing_and_production_intact(registry_
     (result,) = run_children(KILLED_CHILD, [[registry_root, folder, watch]], tmp_path)
     assert result.returncode == -signal.SIGKILL, result.stdout + result.stderr
     leftovers = [storage.relative(u, registry_root) for u in storage.list_prefix(registry.version_uri(MODEL, 2))]
-    assert f"{MODEL}/versions/2/CLAIM" in leftovers and f"{MODEL}/versions/2/blessing.json" in leftovers
+    assert f"{MODEL}/versions/2/CLAIM" in leftovers and f"{MODEL}/versions/2/notes.json" in leftovers
     assert f"{MODEL}/versions/2/zz_big.bin" not in leftovers and f"{MODEL}/versions/2/MANIFEST.json" not in leftovers
     assert registry.versions(MODEL) == listed_before
     assert registry.version(MODEL, "latest")["version"] == 1

@@ -136,10 +136,10 @@ def test_check_production_finds_missing_and_truncated_files_without_reading_them
                        f"version: 'searchtune models rollback {ref}' (to v1), 'searchtune models promote {ref} VERSION'; "
                        f"details: 'searchtune models verify {ref}'")
     assert snapshot(registry_root) == before  # a check, nothing written
-    for name in ("tokenizer/vocab.txt", "searchtune_model.json", "blessing.json"):
+    for name in ("tokenizer/vocab.txt", "searchtune_model.json", "notes.json"):
         storage.delete(storage.join(registry.version_uri(MODEL, 2), name))
     message = one_line_error(lambda: registry.check_production(MODEL))
-    assert ("adapter/adapter_model.safetensors: 5 bytes, manifest says 500; blessing.json: missing (and 2 more); "
+    assert ("adapter/adapter_model.safetensors: 5 bytes, manifest says 500; notes.json: missing (and 2 more); "
             in message), message
 
 

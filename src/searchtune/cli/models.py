@@ -25,6 +25,8 @@ import argparse
 import json
 import logging
 
+from searchtune import records
+from searchtune.cli.help_text import plain_text
 from searchtune.errors import SearchtuneError
 from searchtune.registry import (
     DEFAULT_MODEL_NAME,
@@ -118,10 +120,9 @@ def _show(args: argparse.Namespace) -> int:
     manifest = registry.version(model, ref)
     names = {f["path"] for f in manifest["files"]}
     shown = {"manifest": manifest, "alias": registry.alias(model, PRODUCTION)}
-    for key, name in (("evaluation", "evaluation.json"), ("blessing", "blessing.json"), ("lineage", "lineage.json"),
-                      ("training_metrics", "training_metrics.json")):
-        if name in names:
-            shown[key] = json.loads(registry.read_file(model, manifest["version"], name))
+    for key, record in (("evaluation", records.Evaluation), ("blessing", records.Blessing), ("lineage", records.Lineage)):
+        if record.FILE in names:
+            shown[key] = json.loads(registry.read_file(model, manifest["version"], record.FILE))
     print(json.dumps(shown, indent=2, sort_keys=True, default=str))
     return 0
 
@@ -185,12 +186,12 @@ def _candidates(args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise SearchtuneError(f"--limit must be at least 1, got {args.limit}")
     registry, model, _ref = parse_ref(args.ref or DEFAULT_MODEL_NAME, args.registry, default_version=None)
-    records = registry.candidates(model, limit=None if args.refused else args.limit)
+    entries = registry.candidates(model, limit=None if args.refused else args.limit)
     if args.refused:
-        records = [r for r in records if r.get("blessed") is False or "unreadable" in r][:args.limit]
-    print(f"{model} candidates  ({registry.root}, newest first, {len(records)} shown)")
+        entries = [r for r in entries if r.get("blessed") is False or "unreadable" in r][:args.limit]
+    print(f"{model} candidates  ({registry.root}, newest first, {len(entries)} shown)")
     rows = []
-    for record in records:
+    for record in entries:
         if "unreadable" in record:
             rows.append(["?", "?", "UNREADABLE", "-", f"{record['uri']}: {record['unreadable']}"])
             continue
@@ -217,7 +218,7 @@ def add_parser(subparsers) -> None:
     """Add ``models`` and its sub-commands to the ``searchtune`` command."""
     parser = subparsers.add_parser(
         "models", help="list, show, verify, promote, roll back, prune and pull registered models; show candidates",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=plain_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="models_command", required=True, metavar="ACTION")
 
@@ -248,13 +249,15 @@ def add_parser(subparsers) -> None:
     promote.add_argument("ref", metavar="REF", help="<registry>/<model>")
     promote.add_argument("version", metavar="VERSION", nargs="?",
                          help="3, v3 or latest (none with --repair on a model without versions: see --repair)")
-    promote.add_argument("--reason", default="promoted by hand (searchtune models promote)")
+    promote.add_argument("--reason", default="promoted by hand (searchtune models promote)",
+                         help="why, recorded in the alias history (default: %(default)s)")
     promote.add_argument("--actor", default=default_actor(), help="recorded as moved_by (default user@host)")
     promote.add_argument("--repair", action="store_true", help=REPAIR_HELP)
 
     rollback = add("rollback", _rollback, "point production back at its previous version")
     rollback.add_argument("ref", metavar="REF", help="<registry>/<model>")
-    rollback.add_argument("--reason", default="rolled back by hand (searchtune models rollback)")
+    rollback.add_argument("--reason", default="rolled back by hand (searchtune models rollback)",
+                          help="why, recorded in the alias history (default: %(default)s)")
     rollback.add_argument("--actor", default=default_actor(), help="recorded as moved_by (default user@host)")
     rollback.add_argument("--repair", action="store_true", help=REPAIR_HELP + "; the target is the version before "
                           "the last move recorded in the alias history")

@@ -26,13 +26,14 @@ import os
 import re
 import socket
 
+from searchtune import records
 from searchtune.errors import SearchtuneError
 from searchtune.io import storage
 
 DEFAULT_REGISTRY = os.environ.get("SEARCHTUNE_REGISTRY", ".searchtune/registry")
 DEFAULT_MODEL_NAME = "searchtune-relevance"
 PRODUCTION = "production"
-MANIFEST = "MANIFEST.json"
+MANIFEST = records.MANIFEST_FILE
 CLAIM = "CLAIM"
 PRUNING = "PRUNING.json"
 PROBES = "_probes"

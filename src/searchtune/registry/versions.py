@@ -163,19 +163,9 @@ def model_names(layout: Layout, stored: bool = False) -> list[str]:
 
 
 def auc_of(manifest: dict) -> float | None:
-    """The candidate AUC recorded at registration: manifest metadata, else ``blessing.json`` / ``evaluation.json``."""
+    """The candidate's gate metric recorded at registration (``steps.register.gate_metadata``)."""
     auc = (manifest.get("metadata") or {}).get("auc")
-    if auc is not None:
-        return float(auc)
-    names = {f["path"] for f in manifest.get("files", [])}
-    for name, path in (("blessing.json", ("candidate", "auc")), ("evaluation.json", ("candidate", "roc_auc"))):
-        if name in names:
-            value = json.loads(storage.read_bytes(storage.join(manifest["uri"], name)))
-            for key in path:
-                value = value.get(key) if isinstance(value, dict) else None
-            if value is not None:
-                return float(value)
-    return None
+    return None if auc is None else float(auc)
 
 
 def read_checked(manifest: dict, path: str) -> bytes:
