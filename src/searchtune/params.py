@@ -2,7 +2,7 @@
 
 Everything else is derived from these classes: the KFP pipeline's inputs and their
 descriptions in the UI's run form (``pipelines/retraining_pipeline.py`` takes its defaults
-and docstring from ``RunParameters``), the flags of ``searchtune run``/``compile``/``submit``
+and docstring from ``RunParameters``), the flags of ``searchtune run``/``submit``
 and their ``--help`` (``searchtune.cli.parameters``), the step functions' configuration
 (each step takes its group: ``IngestParams``, ``TrainParams``, ``GateParams``) and the
 lineage of a registered version. Tests check that the pipeline, the components and the
@@ -48,7 +48,7 @@ class IngestParams(_Params):
     # The default "" is for ``searchtune run`` and direct calls of the steps, which then read the bundled
     # sample; the compiled pipeline declares ``data`` without a default, so a run on a cluster must name it.
     data: str = Field("", description="Input file, folder or glob of CSV/TSV/Parquet/JSONL files (also .gz), "
-                                      "local or gs://. Required by a compiled or submitted pipeline; `searchtune run` "
+                                      "local or gs://. Required by a compiled or submitted pipeline; 'searchtune run' "
                                       "without it trains on the bundled synthetic sample (and says so).")
     query_column: str = Field("search_term", min_length=1, description="Column holding the search query.")
     text_columns: str = Field("product_title,brand", min_length=1,
@@ -164,8 +164,8 @@ class GateParams(_Params):
                                                       "bound of the difference's interval above 0.")
     require_beat_lexical: bool = Field(False, description="Gate: the candidate must beat the lexical baseline (character "
                                                           "TF-IDF cosine) the same way.")
-    max_auc_drop: float = Field(0.01, ge=0, le=1, description="Gate, with a production model: the lower bound of "
-                                                              "(candidate - production) must be at least -max_auc_drop.")
+    max_auc_drop: float = Field(0.01, ge=0, le=1, description="Gate, with a production model: the largest loss allowed, "
+                                                              "the lower bound of (candidate - production) at least minus this.")
     require_improvement: bool = Field(False, description="Gate, with a production model: also require the lower bound of "
                                                          "(candidate - production) above min_auc_gain.")
     min_auc_gain: float = Field(0.0, ge=0, le=1, description="The improvement over production that require_improvement asks for.")
@@ -189,7 +189,7 @@ class IndexParams(_Params):
 class RegistryParams(_Params):
     """Where blessed models go (the register step) and where training checkpoints go."""
 
-    registry_root: str = Field("", description="Model registry: a local folder or gs://bucket/prefix. Required.")
+    registry_root: str = Field("", description="Model registry: a local folder or gs://bucket/prefix.")
     model_name: str = Field("searchtune-relevance", pattern=MODEL_NAME_PATTERN,
                             description="The model's name in the registry (letters, digits, '.', '_', '-').")
     checkpoint_root: str = Field("", description="Where training checkpoints go (local or gs://) so a preempted "

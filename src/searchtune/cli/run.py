@@ -49,13 +49,13 @@ def add_run_parser(commands) -> None:
         description="Run the whole DAG locally with kfp.local, on the embedded defaults or your data: each step as a "
                     "subprocess of this environment, or in its container image (--runner docker).",
         epilog=exit_codes.EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_parameter_flags(parser, defaults={"registry_root": DEFAULT_REGISTRY})
+    add_parameter_flags(parser, defaults={"registry_root": DEFAULT_REGISTRY}, sample_defaults=SAMPLE_DATA_BUDGET)
     parser.add_argument("--output-dir", default=str(Path(DEFAULT_HOME, "runs")),
                         help="where each run gets its own folder (default %(default)s)")
     where = parser.add_argument_group("where the steps run")
     where.add_argument("--runner", choices=RUNNERS, default="subprocess",
                        help="subprocess: every step in this Python environment; docker: every step in its image "
-                            "(kfp.local DockerRunner; build them with `make images`), the run's local paths mounted "
+                            "(kfp.local DockerRunner; build them with 'make images'), the run's local paths mounted "
                             "(default %(default)s)")
     where.add_argument("--image-prefix", default=None,
                        help=f"with --runner docker: registry path of the images (default {images.IMAGE_PREFIX})")

@@ -58,7 +58,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--namespace", help="Kubeflow profile namespace (multi-user KFP; empty = none)")
     parser.add_argument("--service-account", help="Kubernetes service account of the run's pods")
     parser.add_argument("--pipeline-root", help="where the run's artifacts go, e.g. gs://bucket/pipeline-root")
-    add_parameter_flags(parser)
+    add_parameter_flags(parser, required=REQUIRED)
     cluster_flags.add_compile_arguments(parser)
     parser.set_defaults(func=handle)
 
