@@ -8,8 +8,10 @@ tests/test_evaluate.py and tests/test_pipeline_local.py.
 
 import html
 import re
+import time
 import xml.etree.ElementTree as ElementTree
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,9 +19,10 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from searchtune import records
-from searchtune.ml.stats import compute_statistics
+from searchtune.ml.stats import Estimate, compute_statistics
 from searchtune.params import GateParams, TrainParams
-from searchtune.steps.evaluation import model_card, report, report_analysis, summary
+from searchtune.registry import ModelRegistry
+from searchtune.steps.evaluation import model_card, report, report_analysis, report_trend, report_within, summary
 from searchtune.steps.evaluation.gate import decide
 
 GATE = GateParams()
@@ -111,8 +114,9 @@ def test_the_report_has_every_section_a_reviewer_needs(rendered):
                     "most improved queries", "most regressed queries", "Slices: query-grouped AUC with its interval", "Training",
                     "Data", "Drift since production was trained"):
         assert heading in page, heading
-    for chart in ("ROC curves", "Precision-recall curves", "Reliability diagram", "Scores of candidate", "Per-query AUC change",
-                  "Training loss", "Validation AUC"):
+    for chart in ("ROC curves", "Precision-recall curves", "Reliability diagram", "Scores of candidate",
+                  "Per-query AUC: candidate vs production v3", "Candidate minus each model: query-grouped AUC",
+                  "Queries the candidate ranks better or worse", "Training loss", "Validation AUC"):
         assert f"<title>{chart}" in page, chart
     for model in ("candidate", "production v3", "untuned base", "lexical (char TF-IDF)", "random scores"):
         assert f"<td>{model}</td>" in page, model
@@ -194,3 +198,96 @@ def test_summary_and_model_card_keep_the_essentials(rendered):
     for section in ("## Intended use", "## Data", "## Training", "## Evaluation", "## Where it is weaker", "## Limitations"):
         assert section in card, section
     assert summary.format_estimate(evaluation.blessing.gate_estimate()) in card and "0.042" in card
+
+
+def test_the_within_query_view_comes_first_with_the_numbers_the_verdict_used(rendered):
+    page, evaluation, *_ = rendered
+    statistics, metric = evaluation.blessing.statistics, evaluation.blessing.rule.gate_metric
+    within = page.index("<h2>Within each query: what the gate decides on")
+    assert page.index("</div>", page.index('<div class="banner')) < within  # right under the verdict
+    assert within < page.index("<title>Candidate minus each model") < page.index("<title>ROC curves")
+    assert within < page.index("<title>Per-query AUC: candidate vs") < page.index("<h2>Metrics on the same test rows")
+    # Every paired difference on the gate metric, as the statistics hold it (production v3, base, lexical).
+    differences = {d.model: d for d in report_within.paired_differences(evaluation)}
+    assert set(differences) == set(statistics.comparisons) == {"production", "base", "lexical"}
+    for other, found in differences.items():
+        expected = statistics.difference(other, metric)
+        assert (found.difference, found.low, found.high) == (expected.difference, expected.low, expected.high)
+        assert (f"minus {summary.model_label(other, 3)}: {expected.difference:+.3f} "
+                f"[{expected.low:+.3f}, {expected.high:+.3f}]") in page
+    # The scatter holds every query with both classes and says how many single-class queries it left out.
+    counts = statistics.counts
+    single_class = counts.queries - counts.queries_with_both_classes
+    assert single_class > 0
+    assert (f"{counts.queries_with_both_classes} queries with both classes" in page
+            and f"Left out: {single_class} of {counts.queries} test queries with a single label class" in page)
+    scatter = re.search(r"<svg[^>]*><title>Per-query AUC: candidate vs production v3</title>.*?</svg>", page, flags=re.S)[0]
+    dots = [int(n) for n in re.findall(r"<circle [^>]*><title>(\d+) quer", scatter)]
+    assert sum(dots) == counts.queries_with_both_classes
+
+
+def test_the_change_counts_add_up_to_the_queries_that_have_an_auc():
+    changes = pd.DataFrame({"change": [-0.5, -0.1, -0.01, 0.0, 0.0, 0.0, 0.02, 0.1, 0.3, 0.9]})
+    tally = {name: count for name, count, _ in report_within.change_counts(changes)}
+    assert tally == {"worse\n>0.1": 1, "worse\n≤0.1": 2, "same": 3, "better\n≤0.1": 2, "better\n>0.1": 2}
+
+
+def _blessing_with(blessing: records.Blessing, value: float, blessed: bool = True) -> records.Blessing:
+    changed = blessing.model_copy(deep=True, update={"blessed": blessed})
+    changed.statistics.models["candidate"]["gauc"] = Estimate(value=value, low=value - 0.02, high=value + 0.02)
+    return changed
+
+
+def test_the_trend_lists_registered_versions_and_refused_candidates_in_time_order(rendered, tmp_path):
+    from searchtune.steps.register import candidate_record
+
+    page, evaluation, *_ = rendered
+    registry = ModelRegistry(str(tmp_path / "registry"))
+    history = [("run-a", 0.70, True), ("run-b", 0.66, False), ("run-c", 0.73, True), ("run-d", 0.69, False), ("run-e", 0.75, True)]
+    for run_id, value, blessed in history:
+        blessing = _blessing_with(evaluation.blessing, value, blessed)
+        if blessed:
+            blessing.write(str(tmp_path / run_id))
+            registry.register_version("shop", str(tmp_path / run_id), {"run_id": run_id})
+        else:
+            registry.record_candidate("shop", candidate_record(blessing, run_id))
+        time.sleep(0.01)
+    registry.move_alias("shop", 3, expected=None, actor="test", reason="seed")
+    trend = report_trend.read_trend(registry.root, "shop")
+    assert [(p.run_id, p.kind, p.version, p.production) for p in trend.points] == [
+        ("run-a", "registered", 1, False), ("run-b", "refused", None, False), ("run-c", "registered", 2, False),
+        ("run-d", "refused", None, False), ("run-e", "registered", 3, True)]
+    assert [p.estimate.value for p in trend.points] == pytest.approx([v for _, v, _ in history])
+
+    section = report_trend.trend_section(trend, evaluation, "run-7")
+    rows = re.findall(r"<tr><td><span class=nw>[^<]*</span></td><td><b[^>]*>([^<]*)</b></td><td>([^<]*)</td><td>[^<]*</td><td class=\"n\">([^<]*)</td>",
+                      section)
+    assert [(what, run) for what, run, _ in rows] == [("v1 registered", "run-a"), ("refused", "run-b"), ("v2 registered", "run-c"),
+                                                      ("refused", "run-d"), ("v3 registered (production)", "run-e"),
+                                                      ("this run", "run-7")]
+    assert rows[0][2] == "0.700 [0.680, 0.720]" and rows[-1][2] == summary.format_estimate(evaluation.blessing.gate_estimate())
+    chart = re.search(r"<svg.*?</svg>", section, flags=re.S)[0]
+    ElementTree.fromstring(chart)
+    ticks = re.findall(r'<text x="[\d.]+" y="[\d.]+" text-anchor="middle">([^<]*)</text>', chart)
+    assert [t for t in ticks if t] == ["v1", "✗", "v2", "✗", "v3", "now"]  # the x axis has no label of its own
+    # In the page, the trend comes after the within-query view and before the pooled curves.
+    with_trend = report.render_report(evaluation, synthetic_predictions(queries=200, seed=4), *rendered[3:5], rendered[2],
+                                      run_id="run-7", trend=trend)
+    assert (with_trend.index("<h2>Within each query") < with_trend.index("<h2>Across runs")
+            < with_trend.index("<title>Gate metric across runs") < with_trend.index("<title>ROC curves"))
+
+
+def test_an_empty_or_unreadable_registry_makes_the_trend_one_line(rendered, tmp_path):
+    evaluation = rendered[1]
+    (tmp_path / "empty").mkdir()
+    empty = report_trend.read_trend(str(tmp_path / "empty"), "shop")
+    assert empty.points == [] and not empty.note
+    section = report_trend.trend_section(empty, evaluation, "run-7")
+    assert section.count("<p") == 1 and "<svg" not in section and "<table" not in section
+    assert f"The registry {tmp_path / 'empty'} has no registered version or refused candidate of shop yet" in section
+    alias = Path(ModelRegistry(str(tmp_path / "broken")).layout.alias("shop", "production"))
+    alias.parent.mkdir(parents=True)
+    alias.write_text("{not json")  # an alias record nobody can read: the trend says so instead of failing the step
+    broken = report_trend.trend_section(report_trend.read_trend(str(tmp_path / "broken"), "shop"), evaluation, "run-7")
+    assert broken.count("<p") == 1 and "No trend: the registry" in broken and "could not be read" in broken
+    assert "No registry given" in report_trend.trend_section(None, evaluation, "run-7")

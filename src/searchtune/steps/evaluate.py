@@ -31,8 +31,8 @@ from searchtune.ml.metrics import roc_points
 from searchtune.ml.scoring import score_frame
 from searchtune.ml.stats import BASE, CANDIDATE, LEXICAL, PRODUCTION, compute_statistics
 from searchtune.params import GateParams
-from searchtune.steps import champion, ingest
-from searchtune.steps.evaluation import drift, model_card, report, report_analysis, summary
+from searchtune.steps import champion, splits
+from searchtune.steps.evaluation import drift, model_card, report, report_analysis, report_trend, summary
 from searchtune.steps.evaluation.gate import decide
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def score_models(splits_dir: str, model_dir: str, production: Production, test: 
     jobs = {
         CANDIDATE: lambda: score_frame(model, tokenizer, model_record.architecture, model_record.max_length, test),
         BASE: lambda: score_untuned_base(modeling.base_model_of(model_record), model_record.max_length, test,
-                                         ingest.read_split(splits_dir, "validation")),
+                                         splits.read_split(splits_dir, "validation")),
         # Vocabulary and IDF from the training split only, never the rows being judged.
         LEXICAL: lambda: tfidf_cosine(_lexical_vectorizer(splits_dir), test["query"].tolist(), test["product_text"].tolist()),
         PRODUCTION: lambda: production.score(test),
@@ -124,14 +124,14 @@ def score_models(splits_dir: str, model_dir: str, production: Production, test: 
 
 
 def _lexical_vectorizer(splits_dir: str):
-    train = ingest.sample_split(splits_dir, "train", LEXICAL_FIT_ROWS, columns=["query", "product_text"])
+    train = splits.sample_split(splits_dir, "train", LEXICAL_FIT_ROWS, columns=["query", "product_text"])
     return fit_tfidf(pd.concat([train["query"], train["product_text"]]))
 
 
 def drift_summary(splits_dir: str, production: Production, output_dir: Path) -> records.DriftSummary:
     """Has the data changed since production was trained? Its stored training sample against a
     sample of this run's training split, and production's scores on both (``steps/evaluation/drift.py``)."""
-    current = ingest.sample_split(splits_dir, "train", drift.MAX_ROWS, columns=DRIFT_COLUMNS)
+    current = splits.sample_split(splits_dir, "train", drift.MAX_ROWS, columns=DRIFT_COLUMNS)
     current_name = "this run's training data"
     if production.record is None:
         return drift.no_reference(output_dir, "no production model yet", current_name, len(current))
@@ -172,7 +172,7 @@ def evaluate(splits_dir: str, model_dir: str, champion_dir: str, output_dir: str
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    test = ingest.read_split(splits_dir, "test")
+    test = splits.read_split(splits_dir, "test")
     production = Production(champion_dir)
     scores, unscored, model_record = score_models(splits_dir, model_dir, production, test)
     statistics = compute_statistics(
@@ -202,19 +202,21 @@ def evaluate(splits_dir: str, model_dir: str, champion_dir: str, output_dir: str
     )
     evaluation.write(output_dir)
     verdict.write(output_dir)
-    write_pages(out, evaluation, predictions, splits_dir, model_record, gate, run_id, production.model_name)
+    write_pages(out, evaluation, predictions, splits_dir, model_record, gate, run_id, production.model_name,
+                report_trend.trend_of_champion(champion_dir))
     log.info("wrote evaluation, blessing, predictions, report, summary, model card and drift report to %s", out)
     return evaluation
 
 
 def write_pages(out: Path, evaluation: records.Evaluation, predictions: pd.DataFrame, splits_dir: str,
-                model_record: records.ModelRecord, gate: GateParams, run_id: str, model_name: str) -> None:
-    """The pages people read: report.html, summary.md and model_card.md."""
+                model_record: records.ModelRecord, gate: GateParams, run_id: str, model_name: str,
+                trend: report_trend.Trend | None = None) -> None:
+    """The pages people read: report.html (with ``trend``, earlier candidates from the registry), summary.md and model_card.md."""
     stats = records.IngestStats.read(splits_dir)
-    index = report_analysis.TrainingIndex.build(ingest.iter_split(splits_dir, "train", columns=["query", "product_text"]))
+    index = report_analysis.TrainingIndex.build(splits.iter_split(splits_dir, "train", columns=["query", "product_text"]))
     other = report_analysis.reference_model(report_analysis.model_columns(predictions))
     slices = report_analysis.slices(predictions, index, gate, other)
-    report.write_report(out, evaluation, predictions, stats, model_record, slices, run_id)
+    report.write_report(out, evaluation, predictions, stats, model_record, slices, run_id, trend)
     (out / records.SUMMARY_FILE).write_text(summary.render_summary(evaluation, stats, model_record, slices), encoding="utf-8")
     ece = report_analysis.calibration(predictions["label"].to_numpy(), predictions[f"score_{CANDIDATE}"].to_numpy())["ece"]
     model_card.write_model_card(out, evaluation, stats, model_record, slices, model_name=model_name, ece=ece)

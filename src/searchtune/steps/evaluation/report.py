@@ -1,16 +1,18 @@
 """The evaluation report: one self-contained HTML page a reviewer can decide from.
 
-What was decided and why (the gate's verdict, reason and clauses), every model's metrics
-with intervals, ROC and precision-recall curves, score distributions, calibration, where
-the candidate wins and loses (per-query changes, the most improved and most regressed
-queries with their products, slices), training, data and drift. Everything is inline:
+It leads with what decides: the gate's verdict, reason and clauses, then the within-query
+view the verdict rests on (``report_within``: the paired differences with their intervals,
+per-query AUC against the reference, queries better / same / worse), then the trend across
+runs from the registry (``report_trend``). Below: every model's metrics with intervals,
+pooled ROC and precision-recall curves, score distributions, calibration, the most
+improved and most regressed queries with their products, slices, training, data and
+drift. Everything is inline:
 CSS in a ``<style>`` element, charts as SVG (``report_plots``), no script and no network
 reference, so it renders the same from disk and in the KFP UI's HTML viewer.
 """
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +20,10 @@ import pandas as pd
 from searchtune import records
 from searchtune.steps.evaluation import report_analysis as analysis
 from searchtune.steps.evaluation import report_plots as plots
+from searchtune.steps.evaluation import report_trend, report_within
+from searchtune.steps.evaluation.report_html import e as _e
+from searchtune.steps.evaluation.report_html import figure as _figure
+from searchtune.steps.evaluation.report_html import table as _table
 from searchtune.steps.evaluation.summary import format_difference, format_estimate, metrics_table_rows, model_label
 
 MAX_PRODUCTS_SHOWN = 20  # per query in the most improved / regressed lists
@@ -30,24 +36,8 @@ th{background:#f5f5f5}td.n{text-align:right;font-variant-numeric:tabular-nums;wh
 .fail{background:#fce8e6;border:2px solid #d93025}.muted{color:#666;font-size:12.5px}.charts{display:flex;flex-wrap:wrap;gap:14px}
 .chart{font-size:10.5px;font-family:system-ui,sans-serif}figure{margin:0}figcaption{font-size:12.5px;color:#444;max-width:360px}
 details{margin:2px 0}summary{cursor:pointer}.up,.passed{color:#137333}.down,.failed{color:#c5221f}.skipped{color:#777}
-.warn{color:#b06000;font-weight:600}
+.warn{color:#b06000;font-weight:600}.nw{white-space:nowrap}
 """
-
-
-def _e(text) -> str:
-    return html.escape(str(text))
-
-
-def _table(header: list[str], rows: list[list[str]], numeric_from: int = 1) -> str:
-    """An HTML table; cells are already-escaped HTML; columns from ``numeric_from`` are right-aligned."""
-    head = "".join(f"<th>{h}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f'<td class="n">{c}</td>' if i >= numeric_from else f"<td>{c}</td>"
-                                    for i, c in enumerate(row)) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _figure(svg: str, caption: str) -> str:
-    return f"<figure>{svg}<figcaption>{caption}</figcaption></figure>"
 
 
 def verdict_section(evaluation: records.Evaluation, glance: str) -> str:
@@ -116,14 +106,10 @@ def glance_section(evaluation: records.Evaluation, changes: pd.DataFrame, slices
 
 
 def per_query_section(predictions: pd.DataFrame, changes: pd.DataFrame, other: str, labels: dict[str, str]) -> str:
-    better, worse = int((changes["change"] > 0).sum()), int((changes["change"] < 0).sum())
-    chart = plots.change_histogram(f"Per-query AUC change vs {labels[other]}", changes["change"].to_numpy(),
-                                   f"candidate AUC minus {labels[other]} AUC, per query")
     improved, regressed = analysis.top_changes(changes)
     return (f"<h2>Per query: candidate vs {_e(labels[other])}</h2>"
-            f"<p>Of {len(changes)} test queries with both classes, the candidate ranks <b class=up>{better} better</b>, "
-            f"<b class=down>{worse} worse</b> and {len(changes) - better - worse} the same (AUC within the query).</p>"
-            + _figure(chart, "Each query counts once; right of the dashed line the candidate ranks the query's products better.")
+            "<p class=muted>The queries whose ranking changed most (AUC within the query; how many changed at all is "
+            "in the first section). Open one to see its products in the candidate's order.</p>"
             + _query_list(f"The {len(improved)} most improved queries", improved, predictions, other, labels)
             + _query_list(f"The {len(regressed)} most regressed queries", regressed, predictions, other, labels))
 
@@ -203,7 +189,8 @@ def drift_section(drift: records.DriftSummary) -> str:
 
 
 def render_report(evaluation: records.Evaluation, predictions: pd.DataFrame, stats: records.IngestStats,
-                  model: records.ModelRecord, slices: list[analysis.Slice], run_id: str = "") -> str:
+                  model: records.ModelRecord, slices: list[analysis.Slice], run_id: str = "",
+                  trend: report_trend.Trend | None = None) -> str:
     """The report as one HTML document.
 
     Args:
@@ -213,6 +200,7 @@ def render_report(evaluation: records.Evaluation, predictions: pd.DataFrame, sta
         model: the candidate's model record (training history).
         slices: from ``report_analysis.slices``.
         run_id: the pipeline run, shown in the title.
+        trend: earlier candidates from the registry (``report_trend.read_trend``); None = no registry given.
     """
     models = analysis.model_columns(predictions)
     other = analysis.reference_model(models)
@@ -224,7 +212,9 @@ def render_report(evaluation: records.Evaluation, predictions: pd.DataFrame, sta
     body = [f"<h1>{_e(title)}</h1>",
             f'<p class=muted>Decided {_e(evaluation.blessing.decided_at)}; candidate {_e(model.architecture)} '
             f"(LoRA r={model.lora_r}); compared with {', '.join(_e(labels[m]) for m in models if m != analysis.CANDIDATE)}.</p>",
-            verdict_section(evaluation, glance_section(evaluation, changes, slices, other, labels)), metrics_section(evaluation),
+            verdict_section(evaluation, glance_section(evaluation, changes, slices, other, labels)),
+            report_within.within_query_section(evaluation, changes, other, labels),
+            report_trend.trend_section(trend, evaluation, run_id), metrics_section(evaluation),
             curves_section(predictions, models, labels), per_query_section(predictions, changes, other, labels),
             slices_section(slices, other, metric_label, labels),
             training_section(model), data_section(stats), drift_section(evaluation.drift)]
@@ -233,9 +223,10 @@ def render_report(evaluation: records.Evaluation, predictions: pd.DataFrame, sta
 
 
 def write_report(folder: Path, evaluation: records.Evaluation, predictions: pd.DataFrame, stats: records.IngestStats,
-                 model: records.ModelRecord, slices: list[analysis.Slice], run_id: str = "") -> Path:
+                 model: records.ModelRecord, slices: list[analysis.Slice], run_id: str = "",
+                 trend: report_trend.Trend | None = None) -> Path:
     """Render the report into ``<folder>/report.html`` and return the path."""
     path = Path(folder) / records.REPORT_FILE
-    path.write_text(render_report(evaluation, predictions, stats, model, slices, run_id), encoding="utf-8")
+    path.write_text(render_report(evaluation, predictions, stats, model, slices, run_id, trend), encoding="utf-8")
     return path
 

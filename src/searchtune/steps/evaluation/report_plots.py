@@ -3,7 +3,7 @@
 Each function returns one ``<svg>`` element as text, sized in CSS pixels, with its axes,
 ticks and a legend, so the report renders the same in a browser from disk and in the
 KFP UI's HTML viewer (which shows artifacts in a sandboxed frame). Hand-written rather
-than matplotlib: the project does not depend on a plotting library, and these are four
+than matplotlib: the project does not depend on a plotting library, and these are a few
 kinds of chart.
 """
 
@@ -28,7 +28,7 @@ class Frame:
     """A plotting area: data ranges mapped to pixels, with the axes drawn once."""
 
     def __init__(self, x_range: tuple[float, float], y_range: tuple[float, float], x_label: str, y_label: str,
-                 width: int = WIDTH, height: int = HEIGHT, x_ticks=None):
+                 width: int = WIDTH, height: int = HEIGHT, x_ticks=None, y_ticks=None):
         self.x0, self.x1 = x_range
         self.y0, self.y1 = y_range
         if self.x1 <= self.x0:
@@ -38,7 +38,7 @@ class Frame:
         self.width, self.height = width, height
         self.left, self.right = MARGIN["left"], width - MARGIN["right"]
         self.top, self.bottom = MARGIN["top"], height - MARGIN["bottom"]
-        self.parts = [self._axes(x_label, y_label, x_ticks)]
+        self.parts = [self._axes(x_label, y_label, x_ticks, y_ticks)]
 
     def x(self, value) -> np.ndarray:
         return self.left + (np.asarray(value, dtype=float) - self.x0) / (self.x1 - self.x0) * (self.right - self.left)
@@ -46,7 +46,7 @@ class Frame:
     def y(self, value) -> np.ndarray:
         return self.bottom - (np.asarray(value, dtype=float) - self.y0) / (self.y1 - self.y0) * (self.bottom - self.top)
 
-    def _axes(self, x_label: str, y_label: str, x_ticks=None) -> str:
+    def _axes(self, x_label: str, y_label: str, x_ticks=None, y_ticks=None) -> str:
         parts = [f'<rect x="{self.left}" y="{self.top}" width="{self.right - self.left}" height="{self.bottom - self.top}" '
                  'fill="#fff" stroke="#999"/>']
         x_ticks = nice_ticks(self.x0, self.x1) if x_ticks is None else np.asarray(x_ticks, dtype=float)
@@ -54,7 +54,7 @@ class Frame:
             px = float(self.x(tick))
             parts.append(f'<line x1="{px:.1f}" y1="{self.bottom}" x2="{px:.1f}" y2="{self.bottom + 4}" stroke="#999"/>'
                          f'<text x="{px:.1f}" y="{self.bottom + 15}" text-anchor="middle">{text}</text>')
-        y_ticks = nice_ticks(self.y0, self.y1)
+        y_ticks = nice_ticks(self.y0, self.y1) if y_ticks is None else np.asarray(y_ticks, dtype=float)
         for tick, text in zip(y_ticks, _tick_labels(y_ticks), strict=True):
             py = float(self.y(tick))
             parts.append(f'<line x1="{self.left - 4}" y1="{py:.1f}" x2="{self.right}" y2="{py:.1f}" stroke="#eee"/>'
@@ -94,6 +94,11 @@ class Frame:
             cy = y + 10 + i * row
             self.parts.append(f'<line x1="{x + 5:.0f}" y1="{cy:.0f}" x2="{x + 19:.0f}" y2="{cy:.0f}" stroke="{stroke}" '
                               f'stroke-width="3"/><text x="{x + 23:.0f}" y="{cy + 4:.0f}">{html.escape(label)}</text>')
+
+    def text(self, x: float, y: float, text: str, anchor: str = "middle", dx: float = 0.0, dy: float = 0.0) -> None:
+        """``text`` at data point (x, y), moved ``dx`` pixels right and ``dy`` down."""
+        self.parts.append(f'<text x="{float(self.x(x)) + dx:.1f}" y="{float(self.y(y)) + dy:.1f}" text-anchor="{anchor}">'
+                          f'{html.escape(text)}</text>')
 
     def svg(self, title: str) -> str:
         return (f'<svg class="chart" width="{self.width}" height="{self.height}" viewBox="0 0 {self.width} {self.height}" '
@@ -152,14 +157,59 @@ def reliability_chart(title: str, series: dict[str, dict], labels: dict[str, str
     return frame.svg(title)
 
 
-def change_histogram(title: str, changes: np.ndarray, x_label: str) -> str:
-    """Histogram of per-query changes, centred on zero, with the zero line marked."""
-    reach = max(float(np.abs(changes).max()) if len(changes) else 0.0, 0.05)
-    edges = np.linspace(-reach, reach, 25)
-    counts = np.histogram(changes, bins=edges)[0]
-    frame = Frame((-reach, reach), (0.0, max(float(counts.max()) if len(counts) else 1.0, 1.0) * 1.1), x_label, "queries")
-    frame.bars(edges, counts, "#1f77b4", opacity=0.7)
+BETTER, SAME, WORSE = "#137333", "#9aa0a6", "#c5221f"
+
+
+def agreement_scatter(title: str, reference: np.ndarray, candidate: np.ndarray, x_label: str, y_label: str) -> str:
+    """One dot per distinct (reference, candidate) pair of per-query values on [0, 1]², its area the number of
+    queries there, above the diagonal green (candidate better), on it grey, below red; with the diagonal."""
+    frame = Frame((0.0, 1.0), (0.0, 1.0), x_label, y_label, width=340, height=320)
+    frame.line([0, 1], [0, 1], "#bbb", width=1, dash="4,4")
+    reference, candidate = np.asarray(reference, dtype=float), np.asarray(candidate, dtype=float)
+    side = np.sign(candidate - reference)  # from the exact values: a rounding never turns a change into "same"
+    keys = np.column_stack([np.round(reference, 3), np.round(candidate, 3), side])
+    points, counts = np.unique(keys, axis=0, return_counts=True) if len(keys) else (np.zeros((0, 3)), np.zeros(0, int))
+    order = np.argsort(-counts, kind="stable")  # big dots first, so small ones stay visible on top
+    for (x, y, sign), count in zip(points[order], counts[order], strict=True):
+        fill = BETTER if sign > 0 else WORSE if sign < 0 else SAME
+        radius = min(2.5 + 1.5 * np.sqrt(count - 1), 16.0)
+        frame.parts.append(f'<circle cx="{float(frame.x(x)):.1f}" cy="{float(frame.y(y)):.1f}" r="{radius:.1f}" '
+                           f'fill="{fill}" fill-opacity="0.45" stroke="{fill}" stroke-width="0.6"><title>{count} '
+                           f'quer{"y" if count == 1 else "ies"} at {x:.2f} &#8594; {y:.2f}</title></circle>')
+    better, worse = int((side > 0).sum()), int((side < 0).sum())
+    frame.legend([(f"candidate better ({better})", BETTER), (f"same ({len(side) - better - worse})", SAME),
+                  (f"candidate worse ({worse})", WORSE)])
+    return frame.svg(title)
+
+
+def interval_chart(title: str, rows: list[tuple[str, float, float, float]], x_label: str) -> str:
+    """Paired differences as points with their intervals, one row each (label, value, low, high), zero marked:
+    an interval right of zero is a win beyond noise, one across it is not distinguishable from no change."""
+    values = [v for _, value, low, high in rows for v in (value, low, high)] + [0.0]
+    reach = max(abs(min(values)), abs(max(values)), 0.01) * 1.15
+    height = 70 + 50 * max(len(rows), 1)
+    frame = Frame((-reach, reach), (0.0, float(len(rows))), x_label, "", width=400, height=height, y_ticks=[])
     frame.vertical(0.0)
+    for position, (label, value, low, high) in enumerate(rows):
+        y = len(rows) - position - 0.68
+        stroke = BETTER if low > 0 else WORSE if high < 0 else "#5f6368"
+        frame.line([low, high], [y, y], stroke, width=3)
+        for end in (low, high):
+            frame.line([end, end], [y - 0.08, y + 0.08], stroke, width=2)
+        frame.dots([value], [y], stroke, radius=5)
+        frame.text(-reach, y + 0.42, f"minus {label}: {value:+.3f} [{low:+.3f}, {high:+.3f}]", anchor="start", dx=6)
+    return frame.svg(title)
+
+
+def count_bars(title: str, counts: list[tuple[str, int, str]], y_label: str) -> str:
+    """Bars of counts by category (label, count, colour), each count written above its bar."""
+    top = max((c for _, c, _ in counts), default=1) * 1.18 or 1.0
+    frame = Frame((0.0, float(len(counts))), (0.0, top), "", y_label, width=370, x_ticks=[])
+    for position, (label, count, fill) in enumerate(counts):
+        frame.bars(np.array([position + 0.12, position + 0.88]), np.array([count]), fill, opacity=0.75)
+        frame.text(position + 0.5, count, str(count), dy=-4)
+        for line, text in enumerate(label.split("\n")):  # a two-line label stays clear of its neighbours
+            frame.text(position + 0.5, 0.0, text, dy=14 + 12 * line)
     return frame.svg(title)
 
 
