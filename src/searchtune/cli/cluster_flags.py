@@ -2,6 +2,7 @@
 
 import argparse
 
+from searchtune.cli.parameters import in_usage_as
 from searchtune.orchestration import images
 from searchtune.orchestration.cluster import ClusterSettings
 from searchtune.orchestration.kube_values import parse_node_selector, parse_toleration
@@ -15,43 +16,47 @@ def add_compile_arguments(parser: argparse.ArgumentParser) -> None:
     """
     defaults = ClusterSettings()
     group = parser.add_argument_group("cluster settings")
-    group.add_argument("--image-prefix", default=None,
-                       help=f"registry path of the images, REGISTRY/PATH (default {images.IMAGE_PREFIX})")
-    group.add_argument("--image-tag", default=None, help=f"tag of the images (default {images.IMAGE_TAG})")
-    group.add_argument("--gpu-count", type=int, default=defaults.gpu_count,
-                       help="GPUs for the fine-tune task; 0 trains on CPU (default %(default)s)")
-    group.add_argument("--accelerator-type", default=defaults.accelerator_type,
-                       help="accelerator resource: nvidia.com/gpu on Kubeflow, e.g. NVIDIA_L4 on Vertex AI "
-                            "(default %(default)s)")
-    group.add_argument("--node-selector", action="append", default=[], metavar="KEY=VALUE",
-                       help="node label the fine-tune pod must match; repeatable, empty = none "
-                            "(e.g. cloud.google.com/gke-accelerator=nvidia-l4)")
-    group.add_argument("--toleration", action="append", default=[], metavar="KEY[=VALUE]:EFFECT",
-                       help="taint the fine-tune pod tolerates; repeatable, empty = none (e.g. nvidia.com/gpu:NoSchedule)")
-    group.add_argument("--shm-size", default=defaults.shm_size,
-                       help="size limit of the fine-tune pod's memory-backed /dev/shm (default %(default)s)")
-    group.add_argument("--retries", type=int, default=defaults.retries,
-                       help="retries of the fine-tune task, e.g. after preemption (default %(default)s)")
-    group.add_argument("--cpu-retries", type=int, default=defaults.cpu_retries,
-                       help="retries of each CPU task (default %(default)s)")
-    group.add_argument("--finetune-cpu", default=defaults.finetune_cpu,
-                       help="CPU request of the fine-tune task (default %(default)s)")
-    group.add_argument("--finetune-memory", default=defaults.finetune_memory,
-                       help="memory of the fine-tune task (default %(default)s)")
-    group.add_argument("--finetune-nodes", type=int, default=defaults.finetune_nodes,
-                       help="nodes to fine-tune on; above 1 the fine-tune task starts a training job of that many nodes "
-                            "with --gpu-count GPUs each and waits for it (Kubeflow only; default %(default)s)")
-    group.add_argument("--training-job-kind", default=defaults.training_job_kind, choices=["TrainJob", "PyTorchJob"],
-                       help="the multi-node job: TrainJob (Kubeflow Trainer) or PyTorchJob (Training Operator) "
-                            "(default %(default)s)")
-    group.add_argument("--training-runtime", default=defaults.training_runtime,
-                       help="the TrainJob's ClusterTrainingRuntime (default %(default)s)")
-    group.add_argument("--training-service-account", default=defaults.training_service_account,
-                       help="service account of the training job's pods, for bucket access (default %(default)s)")
-    group.add_argument("--cpu-task-cpu", default=defaults.cpu_task_cpu,
-                       help="CPU request of each CPU task (default %(default)s)")
-    group.add_argument("--cpu-task-memory", default=defaults.cpu_task_memory,
-                       help="memory of each CPU task (default %(default)s)")
+
+    def add(*flags, **options) -> None:
+        in_usage_as(group.add_argument(*flags, **options), "CLUSTER FLAGS")  # submit's usage: one placeholder
+
+    add("--image-prefix", metavar="PREFIX", default=None,
+        help=f"registry path of the images, REGISTRY/PATH (default {images.IMAGE_PREFIX})")
+    add("--image-tag", metavar="TAG", default=None, help=f"tag of the images (default {images.IMAGE_TAG})")
+    add("--gpu-count", metavar="N", type=int, default=defaults.gpu_count,
+        help="GPUs for the fine-tune task; 0 trains on CPU (default %(default)s)")
+    add("--accelerator-type", metavar="TYPE", default=defaults.accelerator_type,
+        help="accelerator resource: nvidia.com/gpu on Kubeflow, e.g. NVIDIA_L4 on Vertex AI "
+             "(default %(default)s)")
+    add("--node-selector", action="append", default=[], metavar="KEY=VALUE",
+        help="node label the fine-tune pod must match; repeatable, empty = none "
+             "(e.g. cloud.google.com/gke-accelerator=nvidia-l4)")
+    add("--toleration", action="append", default=[], metavar="KEY[=VALUE]:EFFECT",
+        help="taint the fine-tune pod tolerates; repeatable, empty = none (e.g. nvidia.com/gpu:NoSchedule)")
+    add("--shm-size", metavar="SIZE", default=defaults.shm_size,
+        help="size limit of the fine-tune pod's memory-backed /dev/shm (default %(default)s)")
+    add("--retries", metavar="N", type=int, default=defaults.retries,
+        help="retries of the fine-tune task, e.g. after preemption (default %(default)s)")
+    add("--cpu-retries", metavar="N", type=int, default=defaults.cpu_retries,
+        help="retries of each CPU task (default %(default)s)")
+    add("--finetune-cpu", metavar="CPU", default=defaults.finetune_cpu,
+        help="CPU request of the fine-tune task (default %(default)s)")
+    add("--finetune-memory", metavar="MEMORY", default=defaults.finetune_memory,
+        help="memory of the fine-tune task (default %(default)s)")
+    add("--finetune-nodes", metavar="N", type=int, default=defaults.finetune_nodes,
+        help="nodes to fine-tune on; above 1 the fine-tune task starts a training job of that many nodes "
+             "with --gpu-count GPUs each and waits for it (Kubeflow only; default %(default)s)")
+    add("--training-job-kind", default=defaults.training_job_kind, choices=["TrainJob", "PyTorchJob"],
+        help="the multi-node job: TrainJob (Kubeflow Trainer) or PyTorchJob (Training Operator) "
+             "(default %(default)s)")
+    add("--training-runtime", metavar="NAME", default=defaults.training_runtime,
+        help="the TrainJob's ClusterTrainingRuntime (default %(default)s)")
+    add("--training-service-account", metavar="NAME", default=defaults.training_service_account,
+        help="service account of the training job's pods, for bucket access (default %(default)s)")
+    add("--cpu-task-cpu", metavar="CPU", default=defaults.cpu_task_cpu,
+        help="CPU request of each CPU task (default %(default)s)")
+    add("--cpu-task-memory", metavar="MEMORY", default=defaults.cpu_task_memory,
+        help="memory of each CPU task (default %(default)s)")
 
 
 def settings_from_args(args: argparse.Namespace, enable_caching: bool | None = None) -> ClusterSettings:

@@ -27,10 +27,15 @@ GROUP_ORDER = (params.IngestParams, params.RegistryParams, params.ModelParams, p
 IN_USAGE = ("data", "registry_root")
 # Where help text starts: the longest parameter flags (--checkpoint-every-steps N) fit before it.
 HELP_POSITION = 30
-PLACEHOLDER = argparse.Action(option_strings=[], dest="parameters", metavar="[PARAMETER FLAGS]")
 # A description names other parameters as the pipeline does (positive_threshold); on the command line
 # they are flags (--positive-threshold). Only names with an underscore: 'seed' or 'data' are also words.
 _PARAMETER_NAME = re.compile(r"\b(" + "|".join(name for name in RunParameters.model_fields if "_" in name) + r")\b")
+
+
+def in_usage_as(action: argparse.Action, placeholder: str) -> argparse.Action:
+    """Show ``action`` in a ``ParameterHelp`` usage line only as ``[placeholder]``, once for all that share it."""
+    action.usage_placeholder = placeholder
+    return action
 
 
 def flag(name: str) -> str:
@@ -76,8 +81,11 @@ def flag_help(name: str, default, sample_default=None, required: bool = False) -
 class ParameterHelp(argparse.HelpFormatter):
     """Mixed into the formatter of a command with parameter flags: a short usage line, and long lines wrapped.
 
-    The usage names the main parameters and one placeholder for the rest. Descriptions keep
-    their own line breaks (an epilog's table) but a line wider than the terminal is wrapped.
+    The usage names the command's own options and the main parameters, and shows each set of
+    flags marked by ``in_usage_as`` (the other parameters, the cluster settings) as one
+    placeholder: the sections below list them. Descriptions keep
+    their own line breaks (an epilog's table) but a line wider than the terminal is wrapped;
+    nothing is wrapped at a hyphen, so --positive-threshold stays one word.
     """
 
     def __init__(self, prog: str, *args, **kwargs):
@@ -86,16 +94,26 @@ class ParameterHelp(argparse.HelpFormatter):
 
     def add_usage(self, usage, actions, groups, prefix=None):
         if usage is None:
-            actions = [action for action in actions
-                       if action.dest not in RunParameters.model_fields or action.dest in IN_USAGE] + [PLACEHOLDER]
+            shown, placeholders = [], {}
+            for action in actions:
+                name = getattr(action, "usage_placeholder", None)
+                if name is None:
+                    shown.append(action)
+                elif name not in placeholders:
+                    placeholders[name] = argparse.Action(option_strings=[], dest=name, metavar=f"[{name}]")
+            actions = shown + list(placeholders.values())
         super().add_usage(usage, actions, groups, prefix)
 
     def _fill_text(self, text, width, indent):
         lines = []
         for line in text.splitlines():
             hanging = indent + " " * (len(line) - len(line.lstrip()))  # a wrapped table row stays in its column
-            lines.append(textwrap.fill(line, width, initial_indent=indent, subsequent_indent=hanging) if line.strip() else "")
+            lines.append(textwrap.fill(line, width, initial_indent=indent, subsequent_indent=hanging, break_on_hyphens=False)
+                         if line.strip() else "")
         return "\n".join(lines)
+
+    def _split_lines(self, text, width):
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)  # a flag is never cut at a '-'
 
 
 def add_parameter_flags(parser: argparse.ArgumentParser, defaults: dict | None = None,
@@ -124,7 +142,9 @@ def add_parameter_flags(parser: argparse.ArgumentParser, defaults: dict | None =
             else:
                 options["type"] = annotation
                 options["metavar"] = {str: "TEXT", int: "N", float: "X"}[annotation]
-            group.add_argument(flag(name), *ALIASES.get(name, []), **options)
+            action = group.add_argument(flag(name), *ALIASES.get(name, []), **options)
+            if name not in IN_USAGE:
+                in_usage_as(action, "PARAMETER FLAGS")
     # Keeps what the command's own formatter does (e.g. a raw epilog) and adds the usage and wrapping above.
     parser.formatter_class = type(f"ParameterHelp{parser.formatter_class.__name__}",
                                   (ParameterHelp, parser.formatter_class), {})

@@ -38,14 +38,14 @@ def add_parser(subparsers) -> None:
                     "then start one run or (--schedule) a recurring run. Parameters not given keep the "
                     f"pipeline's defaults; --params-from-env also reads {PARAM_ENV_PREFIX}<NAME> variables.",
     )
-    parser.add_argument("--host", default=os.environ.get(HOST_ENV),
+    parser.add_argument("--host", metavar="URL", default=os.environ.get(HOST_ENV),
                         help=f"KFP API endpoint, e.g. https://kfp.example.com (default ${HOST_ENV})")
     parser.add_argument("--schedule", metavar="CRON",
                         help="create a recurring run instead: 6-field cron, seconds first, e.g. '0 0 3 * * *'")
     parser.add_argument("--dry-run", action="store_true", help="print what would be sent as JSON, send nothing")
-    parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="KFP experiment (default %(default)s)")
-    parser.add_argument("--run-name", help="display name of the run or recurring run")
-    parser.add_argument("--pipeline-name", help="name the pipeline is uploaded under (default its own name)")
+    parser.add_argument("--experiment", metavar="NAME", default=DEFAULT_EXPERIMENT, help="KFP experiment (default %(default)s)")
+    parser.add_argument("--run-name", metavar="NAME", help="display name of the run or recurring run")
+    parser.add_argument("--pipeline-name", metavar="NAME", help="name the pipeline is uploaded under (default its own name)")
     parser.add_argument("--params-from-env", action="store_true",
                         help=f"take pipeline arguments from {PARAM_ENV_PREFIX}<NAME> environment variables "
                              f"(e.g. {PARAM_ENV_PREFIX}MIN_AUC=0.7); flags win over them")
@@ -55,9 +55,9 @@ def add_parser(subparsers) -> None:
                         help="turn step caching off (default on, also for --schedule: ingest is keyed on a digest of "
                              "the input files, so new data is always read, and unchanged data and parameters reuse "
                              "the trained model)")
-    parser.add_argument("--namespace", help="Kubeflow profile namespace (multi-user KFP; empty = none)")
-    parser.add_argument("--service-account", help="Kubernetes service account of the run's pods")
-    parser.add_argument("--pipeline-root", help="where the run's artifacts go, e.g. gs://bucket/pipeline-root")
+    parser.add_argument("--namespace", metavar="NAME", help="Kubeflow profile namespace (multi-user KFP; empty = none)")
+    parser.add_argument("--service-account", metavar="NAME", help="Kubernetes service account of the run's pods")
+    parser.add_argument("--pipeline-root", metavar="URI", help="where the run's artifacts go, e.g. gs://bucket/pipeline-root")
     add_parameter_flags(parser, required=REQUIRED)
     cluster_flags.add_compile_arguments(parser)
     parser.set_defaults(func=handle)
