@@ -134,11 +134,15 @@ def test_run_help_shows_the_demo_budget_the_run_applies_without_data():
         {name: TrainParams.model_fields[name].default for name in run_cli.SAMPLE_DATA_BUDGET}
 
 
-def test_submit_help_keeps_its_paragraph_wrapped_and_run_keeps_its_exit_code_table():
+def test_help_is_wrapped_to_the_terminal_without_cutting_a_flag_and_keeps_the_exit_code_table():
     width = 80
     for command in (["run"], ["submit"]):
         lines = help_of(command, columns=width).splitlines()
         assert max(map(len, lines)) <= width, max(lines, key=len)
+        cut = [line for line in lines if re.search(r"[A-Za-z]-$", line)]  # --positive-|threshold, searchtune-|relevance
+        assert not cut, cut
+    submit_usage = help_of(["submit"]).split("\n\n")[0]
+    assert "[CLUSTER FLAGS]" in submit_usage and "--gpu-count" not in submit_usage and "--host URL" in submit_usage
     assert "\n  3  the run finished but its candidate did not become production" in help_of(["run"], columns=120)
 
 
