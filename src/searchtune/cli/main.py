@@ -23,10 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="searchtune",
         description="Retrain, evaluate, gate and register a search-relevance model with Kubeflow Pipelines.",
+        epilog="Each command's flags: searchtune COMMAND --help. A first run: searchtune run (on the bundled sample data).",
     )
     parser.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="how much to log, here and in every pipeline step (default INFO)")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
     pipeline_cli.add_run_parser(commands)
     pipeline_cli.add_compile_parser(commands)
     submit.add_parser(commands)
