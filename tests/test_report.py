@@ -291,3 +291,19 @@ def test_an_empty_or_unreadable_registry_makes_the_trend_one_line(rendered, tmp_
     broken = report_trend.trend_section(report_trend.read_trend(str(tmp_path / "broken"), "shop"), evaluation, "run-7")
     assert broken.count("<p") == 1 and "No trend: the registry" in broken and "could not be read" in broken
     assert "No registry given" in report_trend.trend_section(None, evaluation, "run-7")
+
+
+def test_a_version_without_gate_numbers_is_listed_but_not_charted(rendered, tmp_path):
+    evaluation = rendered[1]
+    registry = ModelRegistry(str(tmp_path / "registry"))
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "weights.bin").write_bytes(b"\x01" * 100)  # registered before versions carried their blessing
+    registry.register_version("shop", str(tmp_path / "files"), {"run_id": "old"})
+    trend = report_trend.read_trend(registry.root, "shop")
+    assert len(trend.points) == 1 and trend.points[0].estimate is None and "no gate numbers" in trend.points[0].reason
+    section = report_trend.trend_section(trend, evaluation, "run-7")
+    assert "Not charted: 1 judged on another gate metric or without numbers" in section
+    assert re.findall(r"<circle", section) and section.count("<tr>") == 3  # header, v1, this run
+    no_numbers = evaluation.model_copy(deep=True)
+    no_numbers.blessing.statistics.models["candidate"]["gauc"] = Estimate(value=None, low=None, high=None)
+    assert "<svg" not in report_trend.trend_section(trend, no_numbers, "run-7")  # nothing to chart, the table stays

@@ -154,7 +154,7 @@ def trend_section(trend: Trend | None, evaluation: records.Evaluation, run_id: s
     points = [p for p in trend.points if p.run_id != run_id or not run_id] + [this_run(evaluation, run_id)]
     charted = [p for p in points if p.metric == metric and p.estimate is not None and p.estimate.value is not None]
     left_out = len(points) - len(charted)
-    chart = trend_chart(charted, evaluation.blessing.rule.min_auc, statistics.metrics[metric].label)
+    chart = trend_chart(charted, evaluation.blessing.rule.min_auc, statistics.metrics[metric].label) if charted else ""
     rows = [[f'<span class=nw>{e(p.at[:16].replace("T", " "))}</span>', f'<b style="color:{COLOURS[p.kind]}">{e(_what(p))}</b>', e(p.run_id or "–"),
              e(p.metric or "–"), e(format_estimate(p.estimate)), f"<span class=muted>{e(_short(p.reason))}</span>"]
             for p in points]
