@@ -18,7 +18,7 @@ from searchtune.cli import main as cli  # noqa: E402
 from searchtune.cli import parameters  # noqa: E402
 from searchtune.cli import run as run_cli  # noqa: E402
 from searchtune.cli.help_text import first_paragraph, plain_text  # noqa: E402
-from searchtune.params import RunParameters, TrainParams  # noqa: E402
+from searchtune.params import RunParameters  # noqa: E402
 
 # reStructuredText (``x``, :func:`x`) and Markdown (`x`) inline markup: a terminal shows it raw.
 MARKUP = re.compile(r"`|:[a-z]+:`")
@@ -123,15 +123,16 @@ def test_run_help_shows_the_demo_budget_the_run_applies_without_data():
     text = " ".join(help_of(["run"], columns=400).split())
     assert run_cli.SAMPLE_DATA_BUDGET, "the bundled sample has a demo budget"
     for name, value in run_cli.SAMPLE_DATA_BUDGET.items():
-        declared = TrainParams.model_fields[name].default
-        assert f"(default {declared}; {value} on the bundled sample)" in text, name
+        declared = parameters.shown(RunParameters.model_fields[name].default)
+        budget = f"; {parameters.shown(value)} on the bundled sample" if parameters.shown(value) != declared else ""
+        assert f"{parameters.flag(name)} " in text and f"(default {declared}{budget})" in text, name
     # What the help promises is what the run does: with no --data the budget, with --data the declared defaults.
     parser = cli.build_parser()
     sample = run_cli.run_parameters(parser.parse_args(["run"]))
     assert {name: getattr(sample, name) for name in run_cli.SAMPLE_DATA_BUDGET} == run_cli.SAMPLE_DATA_BUDGET
     own = run_cli.run_parameters(parser.parse_args(["run", "--data", "logs.csv"]))
     assert {name: getattr(own, name) for name in run_cli.SAMPLE_DATA_BUDGET} == \
-        {name: TrainParams.model_fields[name].default for name in run_cli.SAMPLE_DATA_BUDGET}
+        {name: RunParameters.model_fields[name].default for name in run_cli.SAMPLE_DATA_BUDGET}
 
 
 def test_help_is_wrapped_to_the_terminal_without_cutting_a_flag_and_keeps_the_exit_code_table():
