@@ -176,6 +176,11 @@ def agreement_scatter(title: str, reference: np.ndarray, candidate: np.ndarray, 
         frame.parts.append(f'<circle cx="{float(frame.x(x)):.1f}" cy="{float(frame.y(y)):.1f}" r="{radius:.1f}" '
                            f'fill="{fill}" fill-opacity="0.45" stroke="{fill}" stroke-width="0.6"><title>{count} '
                            f'quer{"y" if count == 1 else "ies"} at {x:.2f} &#8594; {y:.2f}</title></circle>')
+        if count >= max(5, 0.05 * len(keys)):  # a big cluster says how many queries it holds, not just by its area
+            outward = 1 if x <= 0.5 else -1
+            frame.parts.append(f'<text x="{float(frame.x(x)) + outward * (radius + 3):.1f}" y="{float(frame.y(y)) + 4:.1f}" '
+                               f'text-anchor="{"start" if outward > 0 else "end"}" font-weight="600" stroke="#fff" '
+                               f'stroke-width="3" paint-order="stroke">{count}</text>')
     better, worse = int((side > 0).sum()), int((side < 0).sum())
     frame.legend([(f"candidate better ({better})", BETTER), (f"same ({len(side) - better - worse})", SAME),
                   (f"candidate worse ({worse})", WORSE)])
