@@ -25,6 +25,7 @@ from searchtune.steps.evaluation.report_html import e, figure, table
 from searchtune.steps.evaluation.summary import format_estimate
 
 MAX_POINTS = 20  # the newest registered versions and refused candidates, together, shown before this run
+CANDIDATES_READ = 5 * MAX_POINTS  # newest records of the candidates log searched for refused candidates
 REASON_CHARS = 160
 REGISTERED, REFUSED, THIS_RUN = "registered", "refused", "this run"
 COLOURS = {REGISTERED: "#1f77b4", REFUSED: "#d62728", THIS_RUN: "#ff7f0e"}
@@ -64,7 +65,9 @@ def read_trend(registry_root: str, model: str, limit: int = MAX_POINTS) -> Trend
         registry = ModelRegistry(registry_root)
         alias = registry.alias(model, PRODUCTION)
         points = [_version_point(registry, model, manifest, alias) for manifest in registry.versions(model)[-limit:]]
-        refused = [c for c in registry.candidates(model, limit=None) if "unreadable" not in c and c.get("blessed") is False]
+        # The log holds blessed candidates too; a bounded read keeps a years-old schedule's report cheap on GCS.
+        logged = registry.candidates(model, limit=CANDIDATES_READ)
+        refused = [c for c in logged if "unreadable" not in c and c.get("blessed") is False]
     except (SearchtuneError, OSError) as error:
         return Trend(registry_root, model, [], note=f"the registry {registry_root} could not be read ({first_line(error)})")
     points += [TrendPoint(at=str(c.get("created_at", "")), kind=REFUSED, run_id=str(c["run_id"]), metric=c.get("gate_metric"),
