@@ -19,7 +19,7 @@ from searchtune import logs, params
 from searchtune.ml import modeling, scoring
 from searchtune.ml.stats import compute_statistics
 from searchtune.params import IngestParams, ModelParams, TrainParams
-from searchtune.steps import finetune, ingest, tokenize
+from searchtune.steps import finetune, ingest, splits, tokenize
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "home_depot_search_relevance" / "train.parquet"
@@ -32,7 +32,7 @@ def main() -> int:
     logs.setup()
     work = Path(tempfile.mkdtemp(prefix="searchtune-architecture-"))
     ingest.ingest(str(work / "splits"), IngestParams(data=str(DATA), text_columns="product_title"))
-    test = ingest.read_split(str(work / "splits"), "test")
+    test = splits.read_split(str(work / "splits"), "test")
     results = {"command": "python bench/architecture.py " + " ".join(sys.argv[1:]),
                "budget": f"{args.rows} train rows, 1 epoch, LoRA r16, learning rate 5e-4, batch 32, CPU", "test_rows": len(test)}
     for architecture in params.ARCHITECTURES:

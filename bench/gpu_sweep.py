@@ -23,19 +23,19 @@ from searchtune import logs, params  # noqa: E402
 from searchtune.ml import batching, modeling, scoring  # noqa: E402
 from searchtune.ml.stats import compute_statistics  # noqa: E402
 from searchtune.params import TrainParams  # noqa: E402
-from searchtune.steps import finetune, ingest  # noqa: E402
+from searchtune.steps import finetune, splits  # noqa: E402
 
 
 def main() -> int:
     logs.setup()
-    base, splits, tokenized, name, *pairs = sys.argv[1:]
+    base, splits_dir, tokenized, name, *pairs = sys.argv[1:]
     values = dict(p.split("=", 1) for p in pairs)
     config = params.parse(TrainParams, {"base_model": base, **values})  # pydantic types the text
     started = time.time()
     trained = finetune.finetune(tokenized, f"/tmp/model_{name}", config)
     model, tokenizer, record = modeling.load_trained_model(f"/tmp/model_{name}")
     model.to(batching.pick_device())
-    test = ingest.read_split(splits, "test")
+    test = splits.read_split(splits_dir, "test")
     scores = scoring.score_frame(model, tokenizer, record.architecture, 64, test)
     test_metrics = compute_statistics(test["query_group"], test["label"], {"candidate": scores}, gains=test["target"],
                                       logit_models={"candidate"}).model_dump()["models"]["candidate"]

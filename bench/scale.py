@@ -42,24 +42,24 @@ RAW_BATCH = 8192
 
 
 # --------------------------------------------------------------------------- stages (each in its own process)
-def stage_ingest(data: str, splits: str) -> dict:
+def stage_ingest(data: str, splits_dir: str) -> dict:
     from searchtune.params import IngestParams
     from searchtune.steps import ingest
 
     started = time.perf_counter()
-    stats = ingest.ingest(splits, IngestParams(data=data))
+    stats = ingest.ingest(splits_dir, IngestParams(data=data))
     return {"seconds": time.perf_counter() - started, "rows_read": stats.rows_read, "rows_kept": stats.rows_kept,
             "duplicates_dropped": stats.duplicates_dropped, "splits": {k: v.model_dump() for k, v in stats.splits.items()}}
 
 
-def stage_raw_encode(splits: str) -> dict:
+def stage_raw_encode(splits_dir: str) -> dict:
     import pyarrow.parquet as pq
 
     from searchtune.ml import modeling, tokens
-    from searchtune.steps import ingest
+    from searchtune.steps import splits
 
     backend = tokens.backend_tokenizer(modeling.load_tokenizer(modeling.resolve_base_model("")))
-    parquet = pq.ParquetFile(ingest.split_path(splits, "train"))
+    parquet = pq.ParquetFile(splits.split_path(splits_dir, "train"))
     queries, texts = [], []
     for batch in parquet.iter_batches(batch_size=RAW_BATCH, columns=["query", "product_text"]):
         queries += batch.column("query").to_pylist()
@@ -74,12 +74,12 @@ def stage_raw_encode(splits: str) -> dict:
     return {"rows": len(queries), "seconds": seconds, "rows_per_second": len(queries) / seconds}
 
 
-def stage_tokenize(splits: str, tokenized: str) -> dict:
+def stage_tokenize(splits_dir: str, tokenized: str) -> dict:
     from searchtune.params import ModelParams
     from searchtune.steps import tokenize
 
     started = time.perf_counter()
-    stats = tokenize.tokenize(splits, tokenized, ModelParams())
+    stats = tokenize.tokenize(splits_dir, tokenized, ModelParams())
     seconds = time.perf_counter() - started
     rows = sum(s["rows"] for s in stats.splits.values())
     return {"seconds": seconds, "rows": rows, "rows_per_second": rows / seconds,
@@ -99,7 +99,7 @@ def stage_train(tokenized: str, steps: int) -> dict:
         batch = next(batches)
         if step == 0:
             first_step = time.perf_counter() - started
-        run.step(batch)
+        finetune.optimizer_step(run.loss(batch), run.forward, run.optimizer, run.scheduler).item()
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "prepare_seconds": prepared, "first_step_start_seconds": first_step,
             "steps": steps, "train_rows": len(run.train), "seconds_per_step_after_first": (seconds - first_step) / steps}

@@ -33,10 +33,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from searchtune.data import sample_data
 from searchtune.ml import batching, modeling, tokens
 from searchtune.params import IngestParams, TrainParams
-from searchtune.steps import (
-    finetune,
-    ingest,  # noqa: E402
-)
+from searchtune.steps import finetune  # noqa: E402
+from searchtune.steps.ingestion import rows as ingest_rows  # noqa: E402
 
 HOME_DEPOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "home_depot_search_relevance" / "train.parquet"
 BATCH = 32
@@ -48,7 +46,7 @@ def load_rows(data: str | None, rows: int) -> tuple[list[str], list[str], np.nda
         data = str(HOME_DEPOT.resolve()) if HOME_DEPOT.exists() else sample_data.default_sample_path()
     mapping = IngestParams(text_columns="product_title")
     raw = pq.read_table(data, columns=[mapping.query_column, *mapping.text_column_list, mapping.label_column])
-    clean = ingest.validate(raw, mapping).clean.to_pandas()
+    clean = ingest_rows.validate(raw, mapping).clean.to_pandas()
     clean = clean.sample(n=min(rows, len(clean)), random_state=0)
     return clean["query"].tolist(), clean["product_text"].tolist(), clean["label"].to_numpy().astype(np.float32), data
 
@@ -74,7 +72,7 @@ def searchtune_round(queries, texts, labels, steps: int, base: str, tokenizer, s
     started = time.perf_counter()
     for rows in batches:
         batch = batching.collate(split, rows, tokenizer.pad_token_id, device)
-        finetune.training_step(model, batch, batch["label"], optimizer, scheduler, device)
+        finetune.optimizer_step(finetune.batch_loss(model, batch, batch["label"], device), model, optimizer, scheduler).item()
         real += int(batch["query_mask"].sum() + batch["text_mask"].sum())
         processed += int(batch["query_mask"].numel() + batch["text_mask"].numel())
     seconds = time.perf_counter() - started
@@ -100,7 +98,8 @@ def plain_round(queries, texts, labels, steps: int, base: str, tokenizer, seed: 
             encoded = [tokenizer(source[i], padding="max_length", truncation=True, max_length=PLAIN_LENGTH, return_tensors="pt") for i in rows]
             batch[f"{side}_ids"] = torch.cat([e["input_ids"] for e in encoded])
             batch[f"{side}_mask"] = torch.cat([e["attention_mask"] for e in encoded])
-        finetune.training_step(model, batch, torch.as_tensor(labels[rows]), optimizer, scheduler, device)
+        loss = finetune.batch_loss(model, batch, torch.as_tensor(labels[rows]), device)
+        finetune.optimizer_step(loss, model, optimizer, scheduler).item()
         real += int(batch["query_mask"].sum() + batch["text_mask"].sum())
         processed += int(batch["query_mask"].numel() + batch["text_mask"].numel())
     seconds = time.perf_counter() - started

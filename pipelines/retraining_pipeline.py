@@ -148,7 +148,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
             preflight_task = preflight(**{name: value for name, value in run_parameters.items()
                                           if name not in NotifyParams.model_fields}, run_id=run_id)
             ingest_task = ingest(**params.select(IngestParams, run_parameters),
-                                 data_version=preflight_task.outputs["data_version"])
+                                 data_version=preflight_task.outputs["data_version"], min_test_queries=min_test_queries)
             tokenize_task = tokenize(splits=ingest_task.outputs["splits"], **params.select(ModelParams, run_parameters))
             # init_from arrives resolved ('production' -> '7'), so the step's cache key names the weights it starts
             # from; the run's name is no input, so an unchanged data version and parameters reuse the trained model.

@@ -8,7 +8,7 @@ import torch
 
 from searchtune.errors import SearchtuneError
 from searchtune.ml import embedding, modeling, scoring
-from searchtune.steps import ingest
+from searchtune.steps import splits
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,7 @@ def encoder(trained_model_dir):
 
 
 def test_pair_logits_equal_the_evaluation_steps(encoder, trained_model_dir, splits_dir):
-    test = ingest.read_split(splits_dir, "test")
+    test = splits.read_split(splits_dir, "test")
     model, tokenizer, record = modeling.load_trained_model(trained_model_dir)
     expected = scoring.score_frame(model, tokenizer, record.architecture, record.max_length, test)
     got = encoder.score_pairs(test["query"].tolist(), test["product_text"].tolist())
@@ -39,7 +39,7 @@ def test_the_lora_update_is_merged_and_threads_are_set(encoder):
 
 
 def test_embeddings_are_unit_vectors_in_input_order_whatever_the_batch(encoder, splits_dir):
-    texts = ingest.read_split(splits_dir, "validation")["product_text"].drop_duplicates().head(40).tolist()
+    texts = splits.read_split(splits_dir, "validation")["product_text"].drop_duplicates().head(40).tolist()
     batched = encoder.embed(texts)
     assert batched.shape == (len(texts), encoder.dimension) and batched.dtype == np.float32
     assert np.allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
@@ -72,5 +72,5 @@ def test_the_onnx_runtime_engine_gives_the_torch_vectors(encoder, trained_model_
     assert encoder.engine == "onnx", "auto picks ONNX Runtime when it is installed"
     by_torch = embedding.TextEncoder(trained_model_dir, threads=1, engine="torch")
     assert by_torch.engine == "torch"
-    texts = ingest.read_split(splits_dir, "train")["product_text"].drop_duplicates().head(150).tolist() + ["a", "b c"]
+    texts = splits.read_split(splits_dir, "train")["product_text"].drop_duplicates().head(150).tolist() + ["a", "b c"]
     assert np.abs(encoder.embed(texts) - by_torch.embed(texts)).max() <= embedding.ONNX_TOLERANCE

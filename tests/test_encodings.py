@@ -10,7 +10,7 @@ import pytest
 from searchtune import params as parameters
 from searchtune.errors import SearchtuneError
 from searchtune.params import IngestParams
-from searchtune.steps import ingest
+from searchtune.steps import ingest, splits
 from searchtune.steps.ingestion import files as ingest_files
 
 HOME_DEPOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "home_depot_search_relevance" / "train.parquet"
@@ -37,7 +37,7 @@ def run(tmp_path, path, out="out", **update):
 
 
 def all_rows(out_dir) -> pd.DataFrame:
-    return pd.concat([ingest.read_split(str(out_dir), s) for s in ingest.SPLITS], ignore_index=True)
+    return pd.concat([splits.read_split(str(out_dir), s) for s in splits.SPLITS], ignore_index=True)
 
 
 def assert_text_intact(out_dir, data: list[dict]) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from searchtune.ml.stats import compute_statistics
 from searchtune.params import IngestParams
-from searchtune.steps import evaluate, ingest
+from searchtune.steps import evaluate, ingest, splits
 
 HOME_DEPOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "home_depot_search_relevance" / "train.parquet"
 
@@ -31,21 +31,21 @@ def test_ingest_reads_every_row_and_splits_by_query(home_depot_splits):
     assert stats.rows_read == len(raw) == 74067 and stats.rows_rejected == 0
     expected_duplicates = len(raw) - len(raw.drop_duplicates(subset=["search_term", "product_title", "relevance"]))
     assert stats.duplicates_dropped == expected_duplicates
-    splits = {s: ingest.read_split(out, s) for s in ingest.SPLITS}
-    assert sum(len(f) for f in splits.values()) == stats.rows_kept
-    positives = sum(int(f["label"].sum()) for f in splits.values())
+    frames = {s: splits.read_split(out, s) for s in splits.SPLITS}
+    assert sum(len(f) for f in frames.values()) == stats.rows_kept
+    positives = sum(int(f["label"].sum()) for f in frames.values())
     kept = raw.drop_duplicates(subset=["search_term", "product_title", "relevance"])
     assert positives == int((kept["relevance"] >= 2.5).sum())
-    train_queries = set(splits["train"]["query_group"])
-    assert not train_queries & set(splits["test"]["query_group"])
-    assert not train_queries & set(splits["validation"]["query_group"])
-    assert 0.78 < stats.splits["train"].rows / stats.rows_kept < 0.82
+    train_queries = set(frames["train"]["query_group"])
+    assert not train_queries & set(frames["test"]["query_group"])
+    assert not train_queries & set(frames["validation"]["query_group"])
+    assert 0.78 < stats.frames["train"].rows / stats.rows_kept < 0.82
 
 
 def test_untuned_model_baseline_on_real_test_rows(home_depot_splits):
     """The untuned bi-encoder cosine: the floor a fine-tuned model must clear (about 0.68)."""
     _, out = home_depot_splits
-    test, validation = ingest.read_split(out, "test"), ingest.read_split(out, "validation")
+    test, validation = splits.read_split(out, "test"), splits.read_split(out, "validation")
     from searchtune.ml import modeling
 
     scores = evaluate.score_untuned_base(modeling.resolve_base_model(""), 64, test, validation.sample(2000, random_state=0))

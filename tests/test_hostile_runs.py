@@ -150,7 +150,8 @@ def test_two_runs_sharing_an_output_folder_and_a_registry_each_report_their_own(
 
 @pytest.mark.slow
 def test_faults_of_the_input_stop_the_run_before_training_with_one_line(seeded_registry, tmp_path):
-    """A nested query column, a truncated archive and a symbolic link loop: one line naming the file and
+    """A nested query column, a truncated archive, a symbolic link loop, and clean data with fewer test queries
+    than the gate needs (it could never bless a model trained on it): one line naming the file and
     the cause, exit 2, no traceback, nothing trained, the registry byte-identical (tests/test_input_faults.py
     has each case and more at the ingest step's level)."""
     import gzip
@@ -170,6 +171,8 @@ def test_faults_of_the_input_stop_the_run_before_training_with_one_line(seeded_r
     folder = tmp_path / "logs"
     folder.mkdir()
     (folder / "day1.csv").write_text(text)
+    small = tmp_path / "small.csv"
+    small.write_text(text)
     os.symlink("day3.csv", folder / "day2.csv")
     os.symlink("day2.csv", folder / "day3.csv")
     mapping = ["--query-column", "q", "--text-columns", "title,brand", "--label-column", "rel"]
@@ -177,6 +180,7 @@ def test_faults_of_the_input_stop_the_run_before_training_with_one_line(seeded_r
         (nested, "step ingest failed: ", f"{nested}: the query column 'q' holds a list per row (list<element: string>)"),
         (truncated, "step ingest failed: ", f"{truncated}: truncated compressed data: the file ends at byte"),
         (folder, "step preflight failed: ", "a symbolic link loop (it leads back to itself through day"),
+        (small, "step ingest failed: ", "test queries < min_test_queries 30: the gate could never bless a model"),
     ]
     before = tree_digest(seeded_registry)
     for data, step, message in cases:

@@ -11,7 +11,7 @@ from searchtune.errors import SearchtuneError
 from searchtune.io import storage
 from searchtune.ml import embedding, vector_index
 from searchtune.steps import index as step
-from searchtune.steps import ingest
+from searchtune.steps import ingest, splits
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +53,10 @@ def test_data_without_the_id_column_falls_back_to_text_hashes_and_says_so(traine
 
     data = str(tmp_path / "judgements.csv")
     sample_frame.drop(columns=["product_uid"]).to_csv(data, index=False)
-    splits = str(tmp_path / "splits")
-    ingest.ingest(splits, IngestParams(data=data))
-    record = step.build_index(trained_model_dir, splits, str(tmp_path / "out"), threads=1)
-    texts = pd.concat([ingest.read_split(splits, s)["product_text"] for s in ingest.SPLITS]).drop_duplicates()
+    splits_dir = str(tmp_path / "splits")
+    ingest.ingest(splits_dir, IngestParams(data=data))
+    record = step.build_index(trained_model_dir, splits_dir, str(tmp_path / "out"), threads=1)
+    texts = pd.concat([splits.read_split(splits_dir, s)["product_text"] for s in splits.SPLITS]).drop_duplicates()
     assert record.count == len(texts) and record.catalog["id_scheme"] == "sha256(product_text)[:16]"
     assert record.catalog["id_note"].startswith(f"no 'product_uid' ids: {data}: missing column(s) 'product_uid'")
     loaded = vector_index.VectorIndex(str(tmp_path / "out"))

@@ -8,7 +8,7 @@ import pytest
 
 from searchtune.errors import SearchtuneError
 from searchtune.params import IngestParams
-from searchtune.steps import ingest
+from searchtune.steps import ingest, splits
 
 MAPPING = IngestParams(query_column="q", text_columns="title,brand", label_column="rel", positive_threshold=2.5)
 
@@ -38,7 +38,7 @@ def test_reads_each_format_and_writes_canonical_splits(tmp_path, suffix):
     assert stats.rows_read == 300 and stats.rows_rejected == 0 and stats.rows_kept == 300
     assert sum(s.rows for s in stats.splits.values()) == 300
     train = pd.read_parquet(tmp_path / "out" / "train.parquet")
-    assert list(train.columns) == ingest.CANONICAL_COLUMNS
+    assert list(train.columns) == splits.CANONICAL_COLUMNS
     assert train["product_text"].iloc[0].endswith(" | Brand0") or " | Brand" in train["product_text"].iloc[0]
     expected = (frame["rel"] >= 2.5).mean()
     total_positive = sum(s.positive_rate * s.rows for s in stats.splits.values())
@@ -150,8 +150,8 @@ def test_split_is_by_query_and_stable(tmp_path):
     path = tmp_path / "data.parquet"
     frame.to_parquet(path)
     run(tmp_path, path)
-    splits = {s: pd.read_parquet(tmp_path / "out" / f"{s}.parquet") for s in ingest.SPLITS}
-    queries = {s: set(f["query"]) for s, f in splits.items()}
+    frames = {s: pd.read_parquet(tmp_path / "out" / f"{s}.parquet") for s in splits.SPLITS}
+    queries = {s: set(f["query"]) for s, f in frames.items()}
     assert not queries["train"] & queries["test"] and not queries["train"] & queries["validation"]
     assert not queries["validation"] & queries["test"]
     assert 0.7 < len(queries["train"]) / 200 < 0.9
@@ -159,6 +159,6 @@ def test_split_is_by_query_and_stable(tmp_path):
     extra = pd.concat([frame.sample(frac=1, random_state=1), judgements(n_queries=1, seed=9).assign(q="brand new query")])
     extra.to_parquet(path)
     run(tmp_path, path, out="again")
-    for split in ingest.SPLITS:
+    for split in splits.SPLITS:
         again = set(pd.read_parquet(tmp_path / "again" / f"{split}.parquet")["query"])
         assert queries[split] <= again

@@ -16,7 +16,7 @@ import pytest
 from searchtune.errors import SearchtuneError
 from searchtune.ml import modeling
 from searchtune.params import IngestParams
-from searchtune.steps import ingest
+from searchtune.steps import ingest, splits
 
 MAPPING = IngestParams(query_column="q", text_columns="title,brand", label_column="rel")
 
@@ -37,7 +37,7 @@ def refused(tmp_path, data, *parts: str, **params) -> str:
         run(tmp_path, data, **params)
     message = str(caught.value)
     assert "\n" not in message and all(part in message for part in parts), message
-    assert not [split for split in ingest.SPLITS if (tmp_path / "out" / f"{split}.parquet").exists()], "a split published"
+    assert not [split for split in splits.SPLITS if (tmp_path / "out" / f"{split}.parquet").exists()], "a split published"
     return message
 
 

@@ -11,7 +11,7 @@ import pytest
 from searchtune.ml import modeling, scoring
 from searchtune.serving.local import LocalServer
 from searchtune.steps import index as index_step
-from searchtune.steps import ingest
+from searchtune.steps import splits
 
 NAME = "relevance"
 
@@ -59,7 +59,7 @@ def test_not_ready_until_the_model_and_index_are_loaded(server):
 
 
 def test_pairs_keep_the_v1_shape_and_equal_the_evaluation_scores(server, trained_model_dir, splits_dir):
-    test = ingest.read_split(splits_dir, "test").head(20)
+    test = splits.read_split(splits_dir, "test").head(20)
     status, body = post(f"{server.url}/v1/models/{NAME}:predict",
                         {"instances": test[["query", "product_text"]].to_dict(orient="records")})
     assert status == 200 and len(body["predictions"]) == 20
@@ -142,7 +142,7 @@ def test_a_cross_encoder_reranks_texts_and_says_why_it_cannot_search(cross_encod
     index_dir = str(tmp_path / "index")
     record = index_step.build_index(cross_encoder_dir, splits_dir, index_dir, threads=1)
     assert record.kind == "none" and "cross-encoder" in record.reason
-    test = ingest.read_split(splits_dir, "test").head(6)
+    test = splits.read_split(splits_dir, "test").head(6)
     with LocalServer(["--model-dir", cross_encoder_dir, "--index-dir", index_dir, "--model-name", NAME],
                      str(tmp_path / "server.log")) as running:
         status, body = post(f"{running.url}/v1/models/{NAME}:predict",

@@ -15,8 +15,9 @@ import pytest
 from searchtune.data import sample_data
 from searchtune.errors import SearchtuneError
 from searchtune.params import IngestParams
-from searchtune.steps import ingest
+from searchtune.steps import ingest, splits
 from searchtune.steps.ingestion import files as ingest_files
+from searchtune.steps.ingestion import rows as ingest_rows
 
 ROWS = 6000
 
@@ -46,14 +47,14 @@ def expected_splits(frame: pd.DataFrame, params: IngestParams) -> pd.DataFrame:
                          for values in zip(*(frame[c] for c in params.text_column_list), strict=True)],
         "grade": frame[params.label_column].astype(float),
     }).drop_duplicates()
-    clean["query_group"] = clean["query"].map(ingest.query_group)
-    position = clean["query_group"].map(ingest.group_position)
+    clean["query_group"] = clean["query"].map(ingest_rows.query_group)
+    position = clean["query_group"].map(ingest_rows.group_position)
     clean["split"] = np.select([position < 0.8, position < 0.9], ["train", "validation"], "test")
     return clean
 
 
 def read_all(out) -> pd.DataFrame:
-    return pd.concat([ingest.read_split(str(out), s).assign(split=s) for s in ingest.SPLITS], ignore_index=True)
+    return pd.concat([splits.read_split(str(out), s).assign(split=s) for s in splits.SPLITS], ignore_index=True)
 
 
 def test_batched_partitioned_ingest_equals_the_whole_table_at_once(tmp_path, tiny, log_frame):
@@ -79,7 +80,7 @@ def test_batched_partitioned_ingest_equals_the_whole_table_at_once(tmp_path, tin
     # Partitions, row groups and the order within a split follow the query digest.
     train = pq.ParquetFile(tmp_path / "out" / "train.parquet")
     assert train.num_row_groups > 5 and all(train.metadata.row_group(i).num_rows <= 500 for i in range(train.num_row_groups))
-    groups = ingest.read_split(str(tmp_path / "out"), "train")["query_group"]
+    groups = splits.read_split(str(tmp_path / "out"), "train")["query_group"]
     assert groups.is_monotonic_increasing
 
 
@@ -200,15 +201,15 @@ def test_split_readers_stream_and_sample_with_bounded_memory(tmp_path, tiny, log
     log_frame.to_parquet(path)
     stats = ingest.ingest(str(tmp_path / "out"), IngestParams(data=str(path)))
     out = str(tmp_path / "out")
-    chunks = list(ingest.iter_split(out, "train", columns=["query", "label"], batch_rows=300))
+    chunks = list(splits.iter_split(out, "train", columns=["query", "label"], batch_rows=300))
     assert max(len(c) for c in chunks) <= 300 and sum(len(c) for c in chunks) == stats.splits["train"].rows
-    train = ingest.read_split(out, "train")
-    sample = ingest.sample_split(out, "train", 250, seed=4)
-    assert len(sample) == 250 and sample.equals(ingest.sample_split(out, "train", 250, seed=4))
-    assert not sample.equals(ingest.sample_split(out, "train", 250, seed=5))
+    train = splits.read_split(out, "train")
+    sample = splits.sample_split(out, "train", 250, seed=4)
+    assert len(sample) == 250 and sample.equals(splits.sample_split(out, "train", 250, seed=4))
+    assert not sample.equals(splits.sample_split(out, "train", 250, seed=5))
     rows = train.reset_index().merge(sample, on=list(train.columns))["index"]
     assert rows.is_monotonic_increasing and rows.is_unique  # rows of the split, in split order
-    assert len(ingest.sample_split(out, "test", 10**9)) == stats.splits["test"].rows
+    assert len(splits.sample_split(out, "test", 10**9)) == stats.splits["test"].rows
 
 
 def test_stats_json_holds_the_encodings(tmp_path, log_frame):

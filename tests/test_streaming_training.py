@@ -8,7 +8,7 @@ import torch
 from searchtune import records
 from searchtune.ml import batching, modeling, scoring, tokens
 from searchtune.params import IngestParams, ModelParams
-from searchtune.steps import ingest, tokenize
+from searchtune.steps import ingest, splits, tokenize
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_tokenize_on_several_processes_equals_one_process_and_the_list_encoder(t
         assert {k: v for k, v in one.splits[split].items() if k != "shards"} == \
                {k: v for k, v in pooled.splits[split].items() if k != "shards"}
     # The same ids as encoding the split's rows directly, row for row.
-    frame = ingest.read_split(many_row_groups, "test")
+    frame = splits.read_split(many_row_groups, "test")
     tokenizer = modeling.load_tokenizer(modeling.resolve_base_model(""))
     columns, _ = tokens.encode_pairs(tokenizer, architecture, frame["query"].tolist(), frame["product_text"].tolist(), 16)
     table = shard_table(tmp_path / "pooled" / "test")
@@ -145,7 +145,7 @@ def test_loader_with_worker_processes_gives_the_same_batches(tmp_path, many_row_
 
 
 def test_scoring_in_chunks_equals_scoring_at_once(trained_model_dir, splits_dir, monkeypatch):
-    test = ingest.read_split(splits_dir, "test")
+    test = splits.read_split(splits_dir, "test")
     model, tokenizer, record = modeling.load_trained_model(trained_model_dir)
     whole = scoring.score_frame(model, tokenizer, record.architecture, record.max_length, test)
     monkeypatch.setattr(scoring, "CHUNK_ROWS", 97)

@@ -55,7 +55,7 @@ def test_length_grouped_batches_cover_every_row_once_and_reduce_padding():
 
 
 def test_trained_model_saves_adapter_and_reloads_with_same_scores(trained_model_dir, splits_dir):
-    from searchtune.steps import ingest
+    from searchtune.steps import splits
 
     files = {p.name for p in Path(trained_model_dir).iterdir()}
     assert {"adapter", "tokenizer", "searchtune_model.json", "head.safetensors"} <= files
@@ -65,7 +65,7 @@ def test_trained_model_saves_adapter_and_reloads_with_same_scores(trained_model_
     assert len(record.base_model.sha256) == 64
     assert record.epochs[0].validation_auc > 0.5
     assert record.training == TrainParams(max_length=32, epochs=1, max_train_rows=256, batch_size=32).model_dump()
-    test = ingest.read_split(splits_dir, "test")
+    test = splits.read_split(splits_dir, "test")
     model, tokenizer, _ = modeling.load_trained_model(trained_model_dir)
     first = scoring.score_frame(model, tokenizer, "bi-encoder", 32, test)
     model2, tokenizer2, _ = modeling.load_trained_model(trained_model_dir)

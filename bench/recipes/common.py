@@ -36,13 +36,14 @@ def splits() -> dict[str, pd.DataFrame]:
     """The pipeline's Home Depot train/validation/test frames (ingested once, then cached)."""
     from searchtune.params import IngestParams
     from searchtune.steps import ingest
+    from searchtune.steps import splits as split_files
 
     folder = CACHE / "splits"
     if not (folder / "test.parquet").exists():
         if not DATA.exists():
             sys.exit(f"{DATA} is missing: these experiments need the shared Home Depot data")
         ingest.ingest(str(folder), IngestParams(data=str(DATA), text_columns="product_title", positive_threshold=2.5))
-    return {name: ingest.read_split(str(folder), name) for name in ("train", "validation", "test")}
+    return {name: split_files.read_split(str(folder), name) for name in ("train", "validation", "test")}
 
 
 def metrics(frame: pd.DataFrame, scores: dict[str, np.ndarray], candidate: str, resamples: int = 1000) -> dict:

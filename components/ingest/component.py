@@ -13,6 +13,8 @@ from searchtune.params import IngestParams, documented
     IngestParams,
     data_version="the preflight step's digest of the input files: part of this step's cache key, so new data "
                  "behind an unchanged location is read again and unchanged data is not.",
+    min_test_queries="the gate's min_test_queries: a test split with fewer queries stops the run here, before "
+                     "training, since the gate could never bless a model trained on this data.",
     splits="train/validation/test Parquet files and stats.json.",
     rejects="rejected rows with the reason for each.",
     metrics="row counts and per-split positive rates.",
@@ -29,6 +31,7 @@ def ingest(
     max_reject_ratio: float,
     encoding: str,
     data_version: str,
+    min_test_queries: int,
     splits: Output[Dataset],
     rejects: Output[Dataset],
     metrics: Output[Metrics],
@@ -41,7 +44,8 @@ def ingest(
     with logs.component_step("ingest"):
         config = params.parse(params.IngestParams, params.select(params.IngestParams, locals()))
         os.makedirs(rejects.path, exist_ok=True)
-        stats = step.ingest(splits.path, config, rejects_path=os.path.join(rejects.path, records.REJECTS_FILE))
+        stats = step.ingest(splits.path, config, rejects_path=os.path.join(rejects.path, records.REJECTS_FILE),
+                            min_test_queries=min_test_queries)
         splits.metadata.update({"fingerprint": stats.fingerprint, "rows": stats.rows_kept, "data_version": data_version})
         rejects.metadata["rows"] = stats.rows_rejected
         for name in ("rows_read", "rows_rejected", "duplicates_dropped", "rows_kept", "lines_decoded_with_fallback"):

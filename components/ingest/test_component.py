@@ -21,7 +21,8 @@ def test_ingest_component_writes_splits_rejects_and_metrics(local_runner, sample
     frame.to_csv(path, index=False)
     task = ingest(data=str(path), query_column="search_term", text_columns="product_title, brand",
                   label_column="relevance", positive_threshold=2.5, binary_labels=False, label_min=1.0, label_max=3.0,
-                  max_reject_ratio=0.05, encoding="auto", data_version="v1")
+                  max_reject_ratio=0.05, encoding="auto", data_version="v1",
+                  min_test_queries=2)
     splits = task.outputs["splits"]
     stats = json.loads(open(os.path.join(splits.path, "stats.json")).read())
     assert stats["rows_read"] == len(frame) and stats["rows_rejected"] == 3
@@ -36,7 +37,7 @@ def test_ingest_component_fails_on_a_missing_column(local_runner, sample_file, c
     with pytest.raises(RuntimeError, match="FAILURE"):
         ingest(data=sample_file, query_column="query_text", text_columns="product_title", label_column="relevance",
                positive_threshold=2.5, binary_labels=False, label_min=1.0, label_max=3.0, max_reject_ratio=0.05,
-               encoding="auto", data_version="v1")
+               encoding="auto", data_version="v1", min_test_queries=2)
     logged = capfd.readouterr()
     assert "step ingest failed: " in logged.out + logged.err
     assert "missing column(s) 'query_text'" in logged.out + logged.err

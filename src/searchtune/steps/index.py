@@ -43,7 +43,9 @@ from searchtune.errors import SearchtuneError, first_line
 from searchtune.io import storage
 from searchtune.ml import embedding, vector_index
 from searchtune.params import IngestParams
-from searchtune.steps import ingest
+from searchtune.steps import splits
+from searchtune.steps.ingestion import files as ingest_files
+from searchtune.steps.ingestion import rows as ingest_rows
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +60,13 @@ def text_product_id(text: str) -> str:
 
 
 def _join_text(frame: pd.DataFrame, text_columns: tuple[str, ...]) -> pd.Series:
-    """The product text of each row, cleaned and joined as ``ingest.validate`` does (same text, same vector)."""
+    """The product text of each row, cleaned and joined as ``ingest_rows.validate`` does (same text, same vector)."""
     # ingest has no public helper for this yet; the lead may expose one and replace these lines.
-    parts = [ingest.clean_text_series(frame[column]) for column in text_columns]
+    parts = [ingest_rows.clean_text_series(frame[column]) for column in text_columns]
     text = parts[0]
     for part in parts[1:]:
         both = (text != "") & (part != "")
-        text = (text + np.where(both, ingest.TEXT_SEPARATOR, "") + part).str.strip()
+        text = (text + np.where(both, ingest_rows.TEXT_SEPARATOR, "") + part).str.strip()
     return text
 
 
@@ -73,7 +75,7 @@ def _chunks(path: str, columns: list[str]) -> Iterator[pd.DataFrame]:
     import pyarrow.parquet as pq
 
     suffix = Path(path.split("?")[0]).suffix.lower()
-    kind = ingest.READERS.get(suffix)
+    kind = ingest_files.READERS.get(suffix)
     if kind is None:
         raise SearchtuneError(f"{path}: unsupported file type '{suffix}' (use .csv, .tsv, .parquet or .jsonl)")
     with storage.local_copy(path) as local:
@@ -126,9 +128,9 @@ def data_catalog(splits_dir: str, id_column: str) -> tuple[IngestParams | None, 
 
 def _lacks_column(path: str, column: str, params: IngestParams) -> str:
     """Why ``column`` cannot be read from ``path`` with ingest's reader ('' when it can)."""
-    kind, compressed = ingest.file_kind(path)
+    kind, compressed = ingest_files.file_kind(path)
     with storage.local_copy(path) as local:
-        batches = ingest.read_batches(ingest.Source(path, kind, compressed), local, [column], params)
+        batches = ingest_files.read_batches(ingest_files.Source(path, kind, compressed), local, [column], params)
         try:
             next(batches, None)  # the readers check the columns before the first batch
         except SearchtuneError as error:
@@ -150,15 +152,15 @@ def _id_text_chunks(splits_dir: str, catalog: str, id_column: str, text_columns:
     elif params is not None:
         columns = list(dict.fromkeys([id_column, *params.text_column_list]))
         for path in data_files:
-            kind, compressed = ingest.file_kind(path)
+            kind, compressed = ingest_files.file_kind(path)
             with storage.local_copy(path) as local:
-                for raw, _positions in ingest.read_batches(ingest.Source(path, kind, compressed), local, columns, params):
-                    ids = pd.Series(ingest.as_text(raw.column(id_column)).to_pylist(), dtype=object).str.strip()
-                    texts = ingest.product_text([raw.column(c) for c in params.text_column_list])
+                for raw, _positions in ingest_files.read_batches(ingest_files.Source(path, kind, compressed), local, columns, params):
+                    ids = pd.Series(ingest_rows.as_text(raw.column(id_column)).to_pylist(), dtype=object).str.strip()
+                    texts = ingest_rows.product_text([raw.column(c) for c in params.text_column_list])
                     yield path, ids, pd.Series(texts.to_pylist(), dtype=object)
     else:
-        for split in ingest.SPLITS:
-            path = os.path.join(splits_dir, records.split_file(split))
+        for split in splits.SPLITS:
+            path = splits.split_path(splits_dir, split)
             for chunk in _chunks(path, ["product_text"]):
                 texts = chunk["product_text"].astype(str).reset_index(drop=True)
                 yield path, texts.map(text_product_id), texts
@@ -203,7 +205,7 @@ def catalog_products(splits_dir: str, catalog: str, id_column: str, text_columns
 
 def _probe_queries(splits_dir: str, encoder: embedding.TextEncoder, count: int = vector_index.RECALL_PROBES) -> np.ndarray | None:
     """Embedded real queries of the training data, to measure an IVF index's recall with."""
-    path = os.path.join(splits_dir, "train.parquet") if splits_dir else ""
+    path = splits.split_path(splits_dir, "train") if splits_dir else ""
     if not path or not os.path.exists(path):
         return None
     queries = pd.read_parquet(path, columns=["query"])["query"].drop_duplicates()

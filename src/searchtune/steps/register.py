@@ -51,7 +51,7 @@ def code_version() -> dict:
 def write_reference_sample(train_parquet: str, out_path: str, rows: int = REFERENCE_SAMPLE_ROWS) -> int:
     """Write a deterministic sample of at most ``rows`` training rows (query, product_text, label).
 
-    Memory stays bounded by ``rows`` whatever the size of the split (``ingest.sample_parquet``).
+    Memory stays bounded by ``rows`` whatever the size of the split (``splits.sample_parquet``).
 
     Args:
         train_parquet: the ingest step's ``train.parquet``.
@@ -61,9 +61,9 @@ def write_reference_sample(train_parquet: str, out_path: str, rows: int = REFERE
     Returns:
         The number of rows written.
     """
-    from searchtune.steps import ingest
+    from searchtune.steps import splits
 
-    frame = ingest.sample_parquet(train_parquet, rows, seed=0, columns=REFERENCE_COLUMNS)
+    frame = splits.sample_parquet(train_parquet, rows, seed=0, columns=REFERENCE_COLUMNS)
     frame.to_parquet(out_path, index=False)
     return len(frame)
 

@@ -34,11 +34,11 @@ from searchtune import records
 from searchtune.ml import tokens
 from searchtune.params import ModelParams
 from searchtune.progress import track
-from searchtune.steps import ingest
+from searchtune.steps import splits
 
 log = logging.getLogger(__name__)
 
-TASK_ROWS = ingest.ROW_GROUP_ROWS  # one row group of the ingest output
+TASK_ROWS = splits.ROW_GROUP_ROWS  # one row group of the ingest output
 ENCODE_ROWS = 16384  # rows encoded (and written as one record batch) at a time
 HISTOGRAM_BINS = 4096  # lengths above count in the last bin; the max is kept apart
 MAX_WORKERS = 16
@@ -160,7 +160,7 @@ def tokenize(splits_dir: str, output_dir: str, params: ModelParams) -> records.T
     started = time.perf_counter()
     shards, total_rows = {}, 0
     for split in records.SPLITS:
-        source, partial = ingest.split_path(splits_dir, split), out / f"{split}.partial"
+        source, partial = splits.split_path(splits_dir, split), out / f"{split}.partial"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         planned = plan_tasks(source)
