@@ -13,7 +13,8 @@ cannot keep up shows as lag instead of quietly lowering the rate. Latency is mea
 send, and reported per time window (p50/p99, overall and per kind), with errors (non-200 or a
 failed connection) and the server's VmRSS (``/proc/<pid>/status``) at each window's end.
 
-Goal (issue 21): RSS growth <= 10 % from the start of the load to its end, and p99 stable,
+Goal (issue 21): RSS growth <= 10 % from the start of the load to its end, no errors, the rate
+sustained (at most 1 % of requests sent over 100 ms after their due time), and p99 stable,
 defined here as the median p99 of the last quarter of the windows <= 1.5 x that of the first
 quarter (a single window's p99 swings with the neighbours' jobs). The machine's load
 average at start and end is recorded: other users share its 2 cores.
@@ -50,6 +51,7 @@ DEFAULT_OUT = ROOT / "bench" / "results" / "soak.json"
 RSS_GROWTH_LIMIT = 0.10
 P99_DRIFT_LIMIT = 1.5
 LATE_MS = 100  # a request sent this much after its due time counts as late
+LATE_SHARE_LIMIT = 0.01  # the rate counts as sustained when at most this share of requests went out late
 
 
 def rss_mb(pid: int) -> float:
@@ -153,6 +155,10 @@ def verdict(run: dict) -> dict:
     quarter = max(1, len(p99s) // 4)
     first, last = float(np.median(p99s[:quarter])), float(np.median(p99s[-quarter:]))
     p99_pass = last <= P99_DRIFT_LIMIT * first
+    # Latency is timed from the send: when the server falls behind, the clients' schedule absorbs the wait
+    # (the lag), so a load the machine did not sustain must fail here, not hide in a flat p99.
+    late_share = run["schedule_lag"][f"late_over_{LATE_MS}ms"] / run["requests"]
+    rate_pass = late_share <= LATE_SHARE_LIMIT
     return {"rss_growth": round(growth, 4), "rss_growth_limit": RSS_GROWTH_LIMIT, "rss_pass": growth <= RSS_GROWTH_LIMIT,
             "p99_first_quarter_median_ms": round(first, 1), "p99_last_quarter_median_ms": round(last, 1),
             "p99_last_over_first_quarter": round(last / first, 2),
@@ -160,7 +166,20 @@ def verdict(run: dict) -> dict:
             "p99_first_window_ms": p99s[0], "p99_last_window_ms": p99s[-1], "p99_last_over_first_window": round(p99s[-1] / p99s[0], 2),
             "p99_max_over_median_window": round(max(p99s) / float(np.median(p99s)), 2),
             "p99_pass": p99_pass, "errors_pass": run["errors"] == 0,
-            "pass": growth <= RSS_GROWTH_LIMIT and p99_pass and run["errors"] == 0}
+            f"share_sent_over_{LATE_MS}ms_late": round(late_share, 4), "rate_sustained_limit": LATE_SHARE_LIMIT,
+            "rate_sustained_pass": rate_pass,
+            "pass": growth <= RSS_GROWTH_LIMIT and p99_pass and run["errors"] == 0 and rate_pass}
+
+
+def regrade(path: str) -> None:
+    """Recompute ``goal`` of a written result from its own windows, RSS and lag (after a change of criteria)."""
+    result = json.loads(Path(path).read_text())
+    rss = result["server_rss_mb"]
+    run = {"start_rss_mb": rss["start_of_load"], "end_rss_mb": rss["end_of_load"],
+           **{k: result[k] for k in ("windows", "errors", "requests", "schedule_lag")}}
+    result["goal"] = verdict(run) | {"regraded": "goal recomputed from this file's figures by --regrade"}
+    Path(path).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["goal"]))
 
 
 def main() -> None:
@@ -171,7 +190,10 @@ def main() -> None:
     parser.add_argument("--window-seconds", type=float, default=0, help="report window (default 60; 10 below 5 minutes)")
     parser.add_argument("--model-dir", default="", help="a registered version to serve (default: train a tiny one)")
     parser.add_argument("--out", default=str(DEFAULT_OUT))
+    parser.add_argument("--regrade", default="", metavar="RESULT", help="recompute the goal of a written result; no load")
     args = parser.parse_args()
+    if args.regrade:
+        return regrade(args.regrade)
     if args.minutes <= 0 or args.rate <= 0 or args.clients <= 0:
         sys.exit("--minutes, --rate and --clients must be above 0")
     seconds = args.minutes * 60
