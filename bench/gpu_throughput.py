@@ -4,9 +4,9 @@ Both train the same LoRA bi-encoder on the same tokenized rows, built by the sam
 ``steps.finetune.prepare``; what differs is the loop:
 
 - today: ``batch_size`` rows per step (length-grouped), AdamW (for-each), the loss read
-  after every step (``training_step(...)`` returns a float: the host waits for the GPU);
+  after every step (``optimizer_step(...).item()``: the host waits for the GPU);
 - new: the same, or a token budget per step (``max_batch_tokens``), fused AdamW on GPU and
-  the loss left on the device (``Training.step_on_device``), read once at the end;
+  the loss left on the device (``optimizer_step`` returns it unread), read once at the end;
 - new+compile (``--compile``): the new loop on ``torch.compile(model, dynamic=True)``.
 
 For each (trainer, batch size or token budget): examples/s, real tokens/s (padding not
@@ -102,12 +102,8 @@ def train_variant(tokenized: str, trainer: str, config: TrainParams, warmup: int
         if index == warmup:
             sync(run.device)
             started = time.perf_counter()
-        if trainer == "today":
-            moved = batching.to_device(batch, run.device)
-            losses.append(finetune.training_step(run.forward, moved, moved["label"], run.optimizer, run.scheduler, run.device,
-                                                 config.precision))
-        else:
-            losses.append(run.step_on_device(batch))
+        loss = finetune.optimizer_step(run.loss(batch), run.forward, run.optimizer, run.scheduler)
+        losses.append(loss.item() if trainer == "today" else loss)
         if index >= warmup:
             examples += len(batch["label"])
             real += sum(int(batch[k].sum()) for k in batch if k.endswith("_mask"))

@@ -212,4 +212,4 @@ def test_training_by_token_budget_uses_bigger_batches_for_shorter_rows(tokenized
     assert run.sampler.steps(1) == len(order)
     batch = next(iter(run.epoch_batches(0)))
     assert batch["query_ids"].shape[0] * max(batch["query_ids"].shape[1], batch["text_ids"].shape[1]) <= 256
-    assert np.isfinite(run.step(batch))
+    assert np.isfinite(finetune.optimizer_step(run.loss(batch), run.forward, run.optimizer, run.scheduler).item())

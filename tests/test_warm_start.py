@@ -1,4 +1,4 @@
-"""Warm start (``modeling.build_model(init_from=...)``) and the hybrid head, with the real bundled model."""
+"""Warm start (``modeling.build_model(init_from=...)``), with the real bundled model."""
 
 import pytest
 import torch
@@ -14,27 +14,22 @@ QUERIES = ["cordless drill", "2x4 lumber 8 ft"]
 TEXTS = ["DEWALT 20-Volt Max Cordless Drill", "Pressure-Treated Lumber 2 in. x 4 in. x 8 ft."]
 
 
-def batch(tokenizer, lexical=None) -> dict:
+def batch(tokenizer) -> dict:
     q = tokenizer(QUERIES, padding=True, return_tensors="pt")
     t = tokenizer(TEXTS, padding=True, return_tensors="pt")
-    out = {"query_ids": q["input_ids"], "query_mask": q["attention_mask"], "text_ids": t["input_ids"], "text_mask": t["attention_mask"]}
-    if lexical is not None:
-        out["lexical"] = torch.tensor(lexical)
-    return out
+    return {"query_ids": q["input_ids"], "query_mask": q["attention_mask"], "text_ids": t["input_ids"], "text_mask": t["attention_mask"]}
 
 
-def trained_like(params: TrainParams, base: str, tmp_path, lexical_feature: bool = False):
+def trained_like(params: TrainParams, base: str, tmp_path):
     """A model with non-zero adapter weights and a moved head, saved like the fine-tune step saves it."""
     torch.manual_seed(0)
-    model = modeling.build_model(params, base, lexical_feature=lexical_feature)
+    model = modeling.build_model(params, base)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if "lora_B" in name:
                 parameter.normal_(0, 0.05)
         model.scale.fill_(17.0)
         model.bias.fill_(-9.0)
-        if lexical_feature:
-            model.lexical_weight.fill_(3.5)
     record = records.ModelRecord(architecture=params.architecture, base_model=records.BaseModelRef(name_or_path=base, bundled=True),
                                  max_length=64, lora_r=params.lora_r, training=params.model_dump())
     modeling.save_model(model, modeling.load_tokenizer(base), str(tmp_path / "saved"), record)
@@ -64,24 +59,8 @@ def test_warm_start_refuses_a_model_that_does_not_fit(base, tmp_path):
     _, saved_dir = trained_like(TrainParams(lora_r=4, lora_alpha=8), base, tmp_path)
     with pytest.raises(SearchtuneError, match="lora_r 4 vs 8"):
         modeling.build_model(TrainParams(lora_r=8, lora_alpha=8), base, init_from=saved_dir)
-    with pytest.raises(SearchtuneError, match="lacks the lexical feature"):
-        modeling.build_model(TrainParams(lora_r=4, lora_alpha=8), base, lexical_feature=True, init_from=saved_dir)
     with pytest.raises(SearchtuneError, match="not a searchtune model"):
         modeling.build_model(TrainParams(lora_r=4, lora_alpha=8), base, init_from=str(tmp_path))
-
-
-def test_hybrid_head_adds_the_weighted_lexical_score_and_round_trips(base, tmp_path):
-    params = TrainParams(lora_r=4, lora_alpha=8)
-    model, saved_dir = trained_like(params, base, tmp_path, lexical_feature=True)
-    tokenizer = modeling.load_tokenizer(base)
-    with torch.no_grad():
-        without = model(batch(tokenizer, [0.0, 0.0]))
-        with_lexical = model(batch(tokenizer, [0.2, 0.6]))
-        assert torch.allclose(with_lexical - without, torch.tensor([0.7, 2.1]), atol=1e-5)
-        loaded, _, _ = modeling.load_trained_model(saved_dir)
-        assert torch.allclose(loaded(batch(tokenizer, [0.2, 0.6])), with_lexical, atol=1e-5)
-        with pytest.raises(SearchtuneError, match="lexical match score"):
-            loaded(batch(tokenizer))
 
 
 def test_init_from_resolves_a_registered_version_and_refuses_what_cannot_be_continued(base, tmp_path):

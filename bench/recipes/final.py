@@ -31,8 +31,9 @@ def main() -> None:
     name = sys.argv[1]
     epochs = int(sys.argv[2]) if len(sys.argv) > 2 else 2
     evaluations = int(sys.argv[3]) if len(sys.argv) > 3 else 2
-    recipe = dataclasses.replace(RECIPES[name], name=f"{name}_full", train_queries=1.0, epochs=epochs,
-                                 evaluations_per_epoch=evaluations)
+    screened = RECIPES[name]
+    recipe = dataclasses.replace(screened, name=f"{name}_full", params=screened.params.model_copy(update={"epochs": epochs}),
+                                 train_queries=1.0, evaluations_per_epoch=evaluations)
     data = splits()
     started = time.time()
     trained = train(recipe, data)

@@ -1,14 +1,18 @@
-"""A compact bi-encoder training loop for the recipe experiments (the product trainer is being rewritten).
+"""The recipe experiments' bi-encoder training loop: the product's parts, research objectives and batches.
 
-It reuses the product's parts: ``ml.modeling.build_model`` (LoRA bi-encoder), the
-tokenizer and truncation of ``ml.tokens``, ``ml.losses`` and ``ml.sampling``. What it adds
-for speed on CPU: each batch embeds its *distinct* queries and product texts once (a query
-with 8 rows in a query-grouped batch is encoded once, not 8 times), and the validation
-split is scored the same way. A :class:`Recipe` is one experiment's settings; :func:`train`
-returns the trained model and the per-evaluation history on the validation split.
+From the product: the training parameters and their defaults (``params.TrainParams``), the
+LoRA bi-encoder (``ml.modeling.build_model``, under ``heads.ResearchBiEncoder``), the
+tokenizer's truncation (``ml.tokens``), the optimizer and schedule
+(``steps.finetune.build_optimizer``) and the optimizer step (``steps.finetune.optimizer_step``).
+From here: the objectives (``losses``), query-grouped batches (``sampling``), text
+normalisation (``text``) and the research heads (``heads``). What the loop adds for speed on
+CPU: each batch embeds its *distinct* queries and product texts once (a query with 8 rows in
+a query-grouped batch is encoded once, not 8 times), and the validation split is scored the
+same way. A :class:`Recipe` is one experiment's settings; :func:`train` returns the trained
+model and the per-evaluation history on the validation split.
 
-Numbers from here are screening numbers: the recipe that wins must be reproduced by the
-product trainer (``steps/finetune.py``) once it calls the same losses and sampler.
+Numbers from here are screening numbers: a recipe that wins must be reproduced by the
+fine-tune step (``steps/finetune.py``) before it becomes the product's.
 """
 
 from __future__ import annotations
@@ -17,44 +21,47 @@ import dataclasses
 import math
 import time
 
+import heads
 import numpy as np
 import pandas as pd
+import text
 import torch
 from common import metrics
+from losses import LossWeights, combined_loss
+from sampling import QueryGroupedBatches
 
 from searchtune import records
-from searchtune.ml import lexical, modeling, text
-from searchtune.ml.losses import LossWeights, combined_loss
-from searchtune.ml.sampling import QueryGroupedBatches
+from searchtune.ml import lexical, modeling
 from searchtune.ml.tokens import encode_pairs
-from searchtune.params import TrainParams
+from searchtune.params import TrainParams, parse
+from searchtune.steps.finetune import build_optimizer, optimizer_step
+
+
+def recipe_params(**changes) -> TrainParams:
+    """The product's training parameters, one epoch, with ``changes`` (validated; every other default is the product's)."""
+    return parse(TrainParams, {"epochs": 1, **changes})
 
 
 @dataclasses.dataclass
 class Recipe:
-    """One experiment's training settings (defaults: today's trainer where it has the setting)."""
+    """One experiment's settings: the product's training parameters and what only the experiments have.
+
+    Of ``params`` the loop uses the optimizer's settings, the LoRA settings, ``epochs``,
+    ``batch_size`` (rows per batch) and ``seed``.
+    """
 
     name: str
+    params: TrainParams = dataclasses.field(default_factory=recipe_params)
     loss: LossWeights = dataclasses.field(default_factory=LossWeights)
-    sampler: str = "query"  # "query": QueryGroupedBatches; "random": shuffled rows (today's trainer, minus length grouping)
-    batch_rows: int = 32
+    sampler: str = "query"  # "query": QueryGroupedBatches; "random": shuffled rows (the product's, minus length grouping)
     max_rows_per_query: int = 8
-    learning_rate: float = 5e-4
-    head_learning_rate: float = 1e-2
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_targets: str = "query,key,value,dense"
-    warmup_ratio: float = 0.06
-    weight_decay: float = 0.01
-    hybrid: bool = False  # logit = scale*cos + lexical_weight*char_tfidf + bias
-    lexical_init: float = 0.0  # starting lexical weight of a hybrid head (build_model starts it at 0)
+    hybrid: bool = False  # logit = scale*cos + lexical_weight*char_tfidf + bias (heads.ResearchBiEncoder)
+    lexical_init: float = 0.0  # starting lexical weight of a hybrid head
     query_prior: bool = False  # logit += w . query_vector (a per-query bias; changes the pooled AUC only)
-    epochs: int = 1
     train_queries: float = 1.0  # share of training queries used (seeded; whole queries)
     evaluations_per_epoch: int = 1
-    seed: int = 13
-    init_from: str = ""  # a saved model directory to continue from (warm start)
-    text_transform: str = ""  # "" or "normalize" (searchtune.ml.text.normalize)
+    init_from: str = ""  # a saved model directory to continue from (TrainParams.init_from names registry versions)
+    text_transform: str = ""  # "" or "normalize" (text.normalize)
 
 
 def subsample_queries(frame: pd.DataFrame, share: float, seed: int) -> pd.DataFrame:
@@ -108,50 +115,32 @@ def score(model, texts: Texts, frame: pd.DataFrame, lexical_scores: np.ndarray |
         result[torch.as_tensor(order)] = ordered
         vectors[name] = result
     lex = torch.as_tensor(lexical_scores, dtype=torch.float32) if lexical_scores is not None else None
-    return logits_of(model, vectors["query"], vectors["text"], torch.as_tensor(query_codes), torch.as_tensor(text_codes), lex).numpy()
-
-
-def logits_of(model, query_vectors: torch.Tensor, text_vectors: torch.Tensor, query_index: torch.Tensor,
-              text_index: torch.Tensor, lexical_scores: torch.Tensor | None) -> torch.Tensor:
-    """Row logits from the distinct vectors; plus the experimental query prior (``w . q``) when the model has one."""
-    cosine = (query_vectors[query_index] * text_vectors[text_index]).sum(-1)
-    logits = model.pair_logits(cosine, lexical_scores)
-    if hasattr(model, "query_prior"):
-        logits = logits + model.query_prior(query_vectors).squeeze(-1)[query_index]
-    return logits
+    return model.logits_of_vectors(vectors["query"], vectors["text"], torch.as_tensor(query_codes), torch.as_tensor(text_codes),
+                                   lex).numpy()
 
 
 def batches_of(recipe: Recipe, train: pd.DataFrame, epoch: int) -> list[np.ndarray]:
+    rows, seed = recipe.params.batch_size, recipe.params.seed
     if recipe.sampler == "query":
-        return QueryGroupedBatches(train["query_group"], recipe.batch_rows, recipe.max_rows_per_query, recipe.seed).batches(epoch)
-    order = np.random.default_rng([recipe.seed, epoch]).permutation(len(train))
-    return [order[i:i + recipe.batch_rows] for i in range(0, len(order), recipe.batch_rows)]
-
-
-def train_params(recipe: Recipe) -> TrainParams:
-    """The product's parameter object for the settings it already has."""
-    return TrainParams(lora_r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_targets=recipe.lora_targets,
-                       learning_rate=recipe.learning_rate, head_learning_rate=recipe.head_learning_rate,
-                       warmup_ratio=recipe.warmup_ratio, weight_decay=recipe.weight_decay, epochs=recipe.epochs,
-                       batch_size=recipe.batch_rows, seed=recipe.seed)
+        return QueryGroupedBatches(train["query_group"], rows, recipe.max_rows_per_query, seed).batches(epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(len(train))
+    return [order[i:i + rows] for i in range(0, len(order), rows)]
 
 
 def build(recipe: Recipe):
     base = modeling.resolve_base_model("")
-    torch.manual_seed(recipe.seed)
-    model = modeling.build_model(train_params(recipe), base, lexical_feature=recipe.hybrid, init_from=recipe.init_from)
-    if recipe.hybrid and not recipe.init_from:
-        with torch.no_grad():
-            model.lexical_weight.fill_(recipe.lexical_init)
+    torch.manual_seed(recipe.params.seed)
+    model = heads.build(recipe.params, base, lexical_weight=recipe.lexical_init if recipe.hybrid else None,
+                        query_prior=recipe.query_prior, init_from=recipe.init_from)
     return model, modeling.load_tokenizer(base)
 
 
 def save(trained: Trained, recipe: Recipe, output_dir: str) -> None:
     """Write the model as the fine-tune step does (adapter, head, tokenizer, record), e.g. to warm-start from."""
     base = modeling.resolve_base_model("")
-    record = records.ModelRecord(architecture="bi-encoder", max_length=64, lora_r=recipe.lora_r,
+    record = records.ModelRecord(architecture="bi-encoder", max_length=recipe.params.max_length, lora_r=recipe.params.lora_r,
                                  base_model=records.BaseModelRef(**modeling.base_model_reference(base), bundled=True),
-                                 training=train_params(recipe).model_dump())
+                                 training=recipe.params.model_dump())
     modeling.save_model(trained.model, modeling.load_tokenizer(base), output_dir, record)
 
 
@@ -159,7 +148,7 @@ def save(trained: Trained, recipe: Recipe, output_dir: str) -> None:
 class Trained:
     """A trained recipe: the model at its best validation query-grouped AUC and what scores other splits."""
 
-    model: torch.nn.Module
+    model: heads.ResearchBiEncoder
     history: list[dict]  # one record per validation evaluation
     texts: Texts  # every split's strings, tokenized
     frames: dict[str, pd.DataFrame]  # the splits as trained on (after any text transform)
@@ -177,11 +166,11 @@ def train(recipe: Recipe, data: dict[str, pd.DataFrame], log=print) -> Trained:
                 for name, frame in data.items()}
     elif recipe.text_transform:
         raise ValueError(f"unknown text_transform {recipe.text_transform!r}")
-    train_frame = subsample_queries(data["train"], recipe.train_queries, recipe.seed)
+    train_frame = subsample_queries(data["train"], recipe.train_queries, recipe.params.seed)
     validation = data["validation"]
     model, tokenizer = build(recipe)
     strings = pd.concat([f[c] for f in data.values() for c in ("query", "product_text")])
-    texts = Texts(tokenizer, strings)
+    texts = Texts(tokenizer, strings, recipe.params.max_length)
     lexical_scores, train_lexical = {}, None
     if recipe.hybrid:  # the gate's lexical baseline, fitted on the whole train split (never validation or test)
         vectorizer = lexical.fit_tfidf(pd.concat([data["train"]["query"], data["train"]["product_text"]]))
@@ -191,18 +180,9 @@ def train(recipe: Recipe, data: dict[str, pd.DataFrame], log=print) -> Trained:
 
         lexical_scores = {name: tfidf(frame) for name, frame in data.items()}
         train_lexical = torch.as_tensor(tfidf(train_frame), dtype=torch.float32)
-    if recipe.query_prior:  # a per-query bias w . q (zero at the start): ranks queries, never the rows of one query
-        model.query_prior = torch.nn.Linear(model.encoder.config.hidden_size, 1, bias=False)
-        torch.nn.init.zeros_(model.query_prior.weight)
-    head_names = (*modeling.HEAD_PARAMETERS, "query_prior.weight")
-    head = [p for n, p in model.named_parameters() if p.requires_grad and n in head_names]
-    body = [p for n, p in model.named_parameters() if p.requires_grad and n not in head_names]
-    optimizer = torch.optim.AdamW([{"params": body, "lr": recipe.learning_rate, "weight_decay": recipe.weight_decay},
-                                   {"params": head, "lr": recipe.head_learning_rate, "weight_decay": 0.0}])
-    total_steps = sum(len(batches_of(recipe, train_frame, e)) for e in range(recipe.epochs))
-    from transformers import get_linear_schedule_with_warmup
-
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(recipe.warmup_ratio * total_steps), total_steps)
+    epochs = recipe.params.epochs
+    total_steps = sum(len(batches_of(recipe, train_frame, e)) for e in range(epochs))
+    optimizer, scheduler = build_optimizer(model, recipe.params, total_steps, torch.device("cpu"))
     groups = torch.as_tensor(pd.factorize(train_frame["query_group"])[0])
     labels = torch.as_tensor(train_frame["label"].to_numpy(), dtype=torch.float32)
     targets = torch.as_tensor(train_frame["target"].to_numpy(), dtype=torch.float32)
@@ -223,7 +203,7 @@ def train(recipe: Recipe, data: dict[str, pd.DataFrame], log=print) -> Trained:
         model.train()
 
     train_seconds = 0.0
-    for epoch in range(recipe.epochs):
+    for epoch in range(epochs):
         batches = batches_of(recipe, train_frame, epoch)
         checkpoints = {math.ceil(len(batches) * (k + 1) / recipe.evaluations_per_epoch) for k in range(recipe.evaluations_per_epoch)}
         model.train()
@@ -236,17 +216,12 @@ def train(recipe: Recipe, data: dict[str, pd.DataFrame], log=print) -> Trained:
             text_vectors = embed(model, texts, list(products))
             query_index, text_index = torch.as_tensor(query_codes), torch.as_tensor(text_codes)
             rows_t = torch.as_tensor(rows)
-            logits = logits_of(model, query_vectors, text_vectors, query_index, text_index,
-                               train_lexical[rows_t] if train_lexical is not None else None)
+            logits = model.logits_of_vectors(query_vectors, text_vectors, query_index, text_index,
+                                             train_lexical[rows_t] if train_lexical is not None else None)
             loss, _ = combined_loss(recipe.loss, logits, labels[rows_t], targets[rows_t], groups[rows_t],
                                     query_vectors=query_vectors, text_vectors=text_vectors, query_index=query_index,
                                     text_index=text_index)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.item() * len(rows)
+            loss_sum += optimizer_step(loss, model, optimizer, scheduler).item() * len(rows)
             seen += len(rows)
             if step % 100 == 0:
                 log(f"[{recipe.name}] epoch {epoch + 1} step {step}/{len(batches)} loss {loss_sum / seen:.4f} "
@@ -267,5 +242,7 @@ def train(recipe: Recipe, data: dict[str, pd.DataFrame], log=print) -> Trained:
 def result_record(recipe: Recipe, history: list[dict], train_rows: int) -> dict:
     """What a results file keeps about one recipe run."""
     best = max(history, key=lambda r: (r["validation"]["gauc"], r["validation"]["roc_auc"]))
-    settings = dataclasses.asdict(recipe)
+    # Flat, as in the results files written before the recipes took TrainParams (batch_rows is now batch_size).
+    settings = {**recipe.params.model_dump(), **{f.name: getattr(recipe, f.name) for f in dataclasses.fields(recipe) if f.name != "params"},
+                "loss": dataclasses.asdict(recipe.loss)}
     return {"recipe": settings, "train_rows": train_rows, "best": best, "history": history}

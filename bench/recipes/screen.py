@@ -20,15 +20,15 @@ import time
 
 import numpy as np
 from common import CACHE, RESULTS, splits, write_result
-from harness import Recipe, result_record, subsample_queries, train
-
-from searchtune.ml.losses import LossWeights
+from harness import Recipe, recipe_params, result_record, subsample_queries, train
+from losses import LossWeights
 
 SHARE = 0.25
 
 
-def _recipe(name: str, **settings) -> Recipe:
-    return Recipe(name=name, train_queries=SHARE, evaluations_per_epoch=2, **settings)
+def _recipe(name: str, train: dict | None = None, **settings) -> Recipe:
+    """A screened recipe: ``train`` changes the product's training parameters, ``settings`` the experiment's own."""
+    return Recipe(name=name, params=recipe_params(**(train or {})), train_queries=SHARE, evaluations_per_epoch=2, **settings)
 
 
 RECIPES = {
@@ -49,19 +49,19 @@ RECIPES = {
     "hybrid0_pairwise": _recipe("hybrid0_pairwise", hybrid=True, loss=LossWeights(bce=1.0, pairwise=1.0)),
     "hybrid_pairwise_query_prior": _recipe("hybrid_pairwise_query_prior", hybrid=True, query_prior=True,
                                            loss=LossWeights(bce=1.0, pairwise=1.0)),
-    "pairwise_lr1e-3": _recipe("pairwise_lr1e-3", learning_rate=1e-3, loss=LossWeights(bce=1.0, pairwise=1.0)),
-    "pairwise_lr2e-4": _recipe("pairwise_lr2e-4", learning_rate=2e-4, loss=LossWeights(bce=1.0, pairwise=1.0)),
-    "pairwise_r4": _recipe("pairwise_r4", lora_r=4, lora_alpha=8, loss=LossWeights(bce=1.0, pairwise=1.0)),
-    "pairwise_r64": _recipe("pairwise_r64", lora_r=64, lora_alpha=128, loss=LossWeights(bce=1.0, pairwise=1.0)),
-    "pairwise_attention_only": _recipe("pairwise_attention_only", lora_targets="query,key,value",
+    "pairwise_lr1e-3": _recipe("pairwise_lr1e-3", {"learning_rate": 1e-3}, loss=LossWeights(bce=1.0, pairwise=1.0)),
+    "pairwise_lr2e-4": _recipe("pairwise_lr2e-4", {"learning_rate": 2e-4}, loss=LossWeights(bce=1.0, pairwise=1.0)),
+    "pairwise_r4": _recipe("pairwise_r4", {"lora_r": 4, "lora_alpha": 8}, loss=LossWeights(bce=1.0, pairwise=1.0)),
+    "pairwise_r64": _recipe("pairwise_r64", {"lora_r": 64, "lora_alpha": 128}, loss=LossWeights(bce=1.0, pairwise=1.0)),
+    "pairwise_attention_only": _recipe("pairwise_attention_only", {"lora_targets": "query,key,value"},
                                        loss=LossWeights(bce=1.0, pairwise=1.0)),
     "pairwise_normalized": _recipe("pairwise_normalized", text_transform="normalize", loss=LossWeights(bce=1.0, pairwise=1.0)),
     # Today's recipe with one change each: normalised text; in-batch negatives (MultipleNegativesRankingLoss-like).
     "bce_normalized": _recipe("bce_normalized", sampler="random", text_transform="normalize"),
     "bce_contrastive": _recipe("bce_contrastive", sampler="random", loss=LossWeights(bce=1.0, contrastive=0.2)),
     # Today's recipe with a larger learning rate, and with a larger LoRA rank.
-    "bce_lr1e-3": _recipe("bce_lr1e-3", sampler="random", learning_rate=1e-3),
-    "bce_r64": _recipe("bce_r64", sampler="random", lora_r=64, lora_alpha=128),
+    "bce_lr1e-3": _recipe("bce_lr1e-3", {"learning_rate": 1e-3}, sampler="random"),
+    "bce_r64": _recipe("bce_r64", {"lora_r": 64, "lora_alpha": 128}, sampler="random"),
 }
 
 
@@ -72,7 +72,7 @@ def main() -> None:
         sys.exit(f"usage: screen.py NAME... (unknown: {unknown}); known: {', '.join(RECIPES)}")
     data = splits()
     path = RESULTS / "recipes_screen.json"
-    train_rows = len(subsample_queries(data["train"], SHARE, RECIPES[names[0]].seed))
+    train_rows = len(subsample_queries(data["train"], SHARE, RECIPES[names[0]].params.seed))
     for name in names:
         started = time.time()
         trained = train(RECIPES[name], data)

@@ -20,6 +20,7 @@ half's training queries used (default 0.5, ~14.8k rows).
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 
@@ -43,13 +44,12 @@ def main() -> None:
     parts = {f"{split}_{half}": frame for split in ("train", "validation", "test")
              for half, frame in zip(("old", "new"), halves(data[split]), strict=True)}
     base_recipe = RECIPES[recipe_name]
-    settings = {k: v for k, v in vars(base_recipe).items() if k not in ("name", "train_queries", "init_from")}
     model_a_dir = str(CACHE / "warm_start" / "model_a")
     runs = {}
     plan = (("model_a", "old", ""), ("cold", "new", ""), ("warm", "new", model_a_dir))
     scores = {name: {} for name in ("validation", "test")}
     for name, half, init_from in plan:
-        recipe = type(base_recipe)(name=name, train_queries=share, init_from=init_from, **settings)
+        recipe = dataclasses.replace(base_recipe, name=name, train_queries=share, init_from=init_from)
         frames = {"train": parts[f"train_{half}"], "validation": parts[f"validation_{half}"],
                   **{key: frame for key, frame in parts.items() if not key.startswith("train")}}
         trained = train(recipe, frames)

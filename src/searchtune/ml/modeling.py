@@ -107,60 +107,40 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
 
-# Trainable head parameters of the bi-encoder (trained at ``head_learning_rate``, no weight decay).
-HEAD_PARAMETERS = ("scale", "bias", "lexical_weight")
-
-
 class BiEncoder(nn.Module):
-    """Shared encoder for query and product; logit = scale * cos(q, p) [+ lexical_weight * lexical] + bias.
+    """Shared encoder for query and product; logit = scale * cos(q, p) + bias."""
 
-    With ``lexical_weight`` set (a hybrid head) the logit also takes a per-pair lexical
-    match score (``batch["lexical"]``, e.g. ``ml.lexical.tfidf_cosine``); the product side
-    stays precomputable: its vector and its TF-IDF vector.
-    """
+    # The head's parameters: trained at ``head_learning_rate`` without weight decay, saved apart from the adapter.
+    HEAD = ("scale", "bias")
 
-    def __init__(self, encoder: nn.Module, scale: float = 10.0, bias: float = -5.0, lexical_weight: float | None = None):
+    def __init__(self, encoder: nn.Module, scale: float = 10.0, bias: float = -5.0):
         super().__init__()
         self.encoder = encoder
         self.scale = nn.Parameter(torch.tensor(float(scale)))
         self.bias = nn.Parameter(torch.tensor(float(bias)))
-        self.lexical_weight = None if lexical_weight is None else nn.Parameter(torch.tensor(float(lexical_weight)))
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return nn.functional.normalize(mean_pool(hidden, attention_mask), dim=-1)
 
-    def pair_logits(self, cosine: torch.Tensor, lexical: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits from each pair's cosine (and lexical score, for a hybrid head).
-
-        Raises:
-            SearchtuneError: a hybrid head without lexical scores.
-        """
-        logits = self.scale * cosine + self.bias
-        if self.lexical_weight is not None:
-            if lexical is None:
-                raise SearchtuneError("this model's head takes a lexical match score per pair: pass batch['lexical']")
-            logits = logits + self.lexical_weight * lexical.to(logits.dtype)
-        return logits
+    def pair_logits(self, cosine: torch.Tensor) -> torch.Tensor:
+        """Logits from each pair's cosine: the head."""
+        return self.scale * cosine + self.bias
 
     def forward(self, batch: dict) -> torch.Tensor:
         query = self.embed(batch["query_ids"], batch["query_mask"])
         text = self.embed(batch["text_ids"], batch["text_mask"])
-        return self.pair_logits((query * text).sum(-1), batch.get("lexical"))
+        return self.pair_logits((query * text).sum(-1))
 
     def head_state(self) -> dict:
-        state = {"scale": self.scale.detach().float().cpu().reshape(1), "bias": self.bias.detach().float().cpu().reshape(1)}
-        if self.lexical_weight is not None:
-            state["lexical_weight"] = self.lexical_weight.detach().float().cpu().reshape(1)
-        return state
-
-    def head_state_floats(self) -> dict[str, float]:
-        """The head's values as plain floats (for logs and records)."""
-        return {name: round(float(value.item()), 5) for name, value in self.head_state().items()}
+        """The head's trained values by name (what :func:`save_model` writes and :func:`warm_start` reads back)."""
+        return {name: getattr(self, name).detach().float().cpu().reshape(1) for name in self.HEAD}
 
 
 class CrossEncoder(nn.Module):
     """Query and product in one sequence; a linear head on the [CLS] output."""
+
+    HEAD = ()  # the classifier trains with the encoder's settings and is saved with the adapter (modules_to_save)
 
     def __init__(self, classifier_model: nn.Module):
         super().__init__()
@@ -175,13 +155,12 @@ class CrossEncoder(nn.Module):
         return {}
 
 
-def build_model(params: TrainParams, base_model: str, *, lexical_feature: bool = False, init_from: str = "") -> nn.Module:
+def build_model(params: TrainParams, base_model: str, *, init_from: str = "") -> nn.Module:
     """A trainable model: the base with LoRA adapters (``lora_r=0``: full fine-tune).
 
     Args:
         params: architecture and LoRA settings.
         base_model: a loadable name or path (see ``resolve_base_model``).
-        lexical_feature: bi-encoder only: a hybrid head that also weighs a per-pair lexical score.
         init_from: a model directory written by :func:`save_model` to start from (warm start):
             its trained weights and head replace the fresh ones. It must have the same
             architecture, base model and LoRA settings.
@@ -193,8 +172,6 @@ def build_model(params: TrainParams, base_model: str, *, lexical_feature: bool =
     from transformers import AutoModel, AutoModelForSequenceClassification
 
     architecture = params.architecture
-    if lexical_feature and architecture != "bi-encoder":
-        raise SearchtuneError("a lexical feature in the head is only available for the bi-encoder")
     try:
         if architecture == "bi-encoder":
             backbone = AutoModel.from_pretrained(base_model)
@@ -210,12 +187,7 @@ def build_model(params: TrainParams, base_model: str, *, lexical_feature: bool =
             modules_to_save=["classifier"] if architecture == "cross-encoder" else None,
         )
         backbone = get_peft_model(backbone, config)
-    if architecture == "bi-encoder":
-        # A hybrid head starts as the plain head (lexical weight 0) and learns the weight: starting it
-        # at the cosine's scale shifted every logit by ~3 and cost validation AUC (recipes_screen.json).
-        model = BiEncoder(backbone, lexical_weight=0.0 if lexical_feature else None)
-    else:
-        model = CrossEncoder(backbone)
+    model = BiEncoder(backbone) if architecture == "bi-encoder" else CrossEncoder(backbone)
     if init_from:
         warm_start(model, params, base_model, init_from)
     return model
@@ -261,9 +233,9 @@ def warm_start(model: nn.Module, params: TrainParams, base_model: str, model_dir
         inner.load_state_dict(type(inner).from_pretrained(adapter_dir).state_dict())
     if isinstance(model, BiEncoder):
         head = load_file(str(Path(model_dir) / records.HEAD_FILE))
-        if ("lexical_weight" in head) != (model.lexical_weight is not None):
-            raise SearchtuneError(f"cannot warm-start from {model_dir}: its head {'has' if 'lexical_weight' in head else 'lacks'} "
-                                  "the lexical feature this run's head " + ("lacks" if "lexical_weight" in head else "has"))
+        if sorted(head) != sorted(model.head_state()):
+            raise SearchtuneError(f"cannot warm-start from {model_dir}: its head holds {sorted(head)}, this run's head "
+                                  f"{sorted(model.head_state())}")
         with torch.no_grad():
             for name, value in head.items():
                 getattr(model, name).copy_(value.reshape(()))
@@ -321,8 +293,11 @@ def load_trained_model(model_dir: str) -> tuple[nn.Module, object, records.Model
         backbone = type(backbone).from_pretrained(adapter_dir)
     if record.architecture == "bi-encoder":
         head = load_file(str(Path(model_dir) / records.HEAD_FILE))
-        lexical_weight = head["lexical_weight"].item() if "lexical_weight" in head else None
-        model = BiEncoder(backbone, scale=head["scale"].item(), bias=head["bias"].item(), lexical_weight=lexical_weight)
+        if sorted(head) != sorted(BiEncoder.HEAD):
+            # Scoring without a head parameter (a research head's, say) would give other logits than it was trained to.
+            raise SearchtuneError(f"{model_dir}: its head holds {sorted(head)}; a searchtune bi-encoder's holds "
+                                  f"{sorted(BiEncoder.HEAD)}")
+        model = BiEncoder(backbone, scale=head["scale"].item(), bias=head["bias"].item())
     else:
         model = CrossEncoder(backbone)
     model.eval()

@@ -48,12 +48,20 @@ log = logging.getLogger(__name__)
 LOSS_LOG_STEPS = 500
 
 
-def optimizer_step(model, batch: dict, targets: torch.Tensor, optimizer, scheduler, device: torch.device,
-                   precision: str = "auto") -> torch.Tensor:
-    """One optimizer step on one batch (BCE on the logits); returns the batch loss, still on the device."""
+def batch_loss(model, batch: dict, targets: torch.Tensor, device: torch.device, precision: str = "auto") -> torch.Tensor:
+    """The training objective on one collated batch already on ``device``: BCE of the logits against ``targets``."""
     with autocast(device, precision):
         logits = model(batch)
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), targets)
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), targets)
+
+
+def optimizer_step(loss: torch.Tensor, model, optimizer, scheduler) -> torch.Tensor:
+    """One optimizer step: back-propagate ``loss``, clip the gradient norm to 1, step AdamW and the schedule.
+
+    The one step of every training loop here (the fine-tune step, the benchmarks, the recipe
+    experiments in bench/recipes). Returns the loss, detached and still on the device: reading
+    it (``.item()``) makes the host wait for the device, so the fine-tune loop reads it rarely.
+    """
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
@@ -62,10 +70,27 @@ def optimizer_step(model, batch: dict, targets: torch.Tensor, optimizer, schedul
     return loss.detach()
 
 
-def training_step(model, batch: dict, targets: torch.Tensor, optimizer, scheduler, device: torch.device,
-                  precision: str = "auto") -> float:
-    """:func:`optimizer_step`, returning the loss as a number (waits for the device)."""
-    return optimizer_step(model, batch, targets, optimizer, scheduler, device, precision).item()
+def build_optimizer(model: torch.nn.Module, config: TrainParams, total_steps: int, device: torch.device):
+    """AdamW and its learning-rate schedule: linear warm-up over ``warmup_ratio`` of ``total_steps``, then linear decay.
+
+    The encoder's trainable weights train at ``learning_rate`` with ``weight_decay``; the
+    head's (the model's ``HEAD`` names) at ``head_learning_rate`` without decay.
+
+    Returns:
+        ``(optimizer, scheduler)``.
+    """
+    from transformers import get_linear_schedule_with_warmup
+
+    head_names = set(getattr(model, "HEAD", ()))
+    head = [p for n, p in model.named_parameters() if p.requires_grad and n in head_names]
+    body = [p for n, p in model.named_parameters() if p.requires_grad and n not in head_names]
+    # Fused AdamW updates every tensor in one kernel on GPU; on CPU the default keeps today's numbers.
+    fused = {"fused": True} if device.type == "cuda" else {}
+    optimizer = torch.optim.AdamW(
+        [{"params": body, "lr": config.learning_rate, "weight_decay": config.weight_decay},
+         {"params": head, "lr": config.head_learning_rate, "weight_decay": 0.0}], **fused,
+    )
+    return optimizer, get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
 
 
 def trainable_state(model) -> dict:
@@ -95,15 +120,11 @@ class Training:
         """This rank's collated batches of one epoch, from batch ``skip`` on (the order depends only on seed and epoch)."""
         return loader(self.train, self.sampler.batches(epoch)[skip:], self.pad_id, self.device)
 
-    def step_on_device(self, batch: dict) -> torch.Tensor:
-        """One optimizer step on a collated batch; its loss, not yet read from the device."""
+    def loss(self, batch: dict) -> torch.Tensor:
+        """:func:`batch_loss` of a collated batch, on the 0/1 labels or, with ``graded_targets``, the graded targets."""
         batch = to_device(batch, self.device)
         targets = batch["target"] if self.config.graded_targets else batch["label"]
-        return optimizer_step(self.forward, batch, targets, self.optimizer, self.scheduler, self.device, self.config.precision)
-
-    def step(self, batch: dict) -> float:
-        """One optimizer step on a collated batch; returns its loss."""
-        return self.step_on_device(batch).item()
+        return batch_loss(self.forward, batch, targets, self.device, self.config.precision)
 
     def validation_auc(self) -> float:
         """ROC AUC on the validation split; each rank scores its share and every rank gets the same number."""
@@ -147,19 +168,8 @@ def prepare(tokenized_dir: str, config: TrainParams, group: distributed.Group | 
     log.info("training %s on %s (%s, %d process(es)): %d train rows, %d validation rows, %d/%d parameters trainable (%.2f%%)",
              config.architecture, base, device, group.world_size, len(train), len(validation), trainable, total,
              100 * trainable / total)
-    head = [p for n, p in model.named_parameters() if p.requires_grad and n in modeling.HEAD_PARAMETERS]
-    body = [p for n, p in model.named_parameters() if p.requires_grad and n not in modeling.HEAD_PARAMETERS]
-    # Fused AdamW updates every tensor in one kernel on GPU; on CPU the default keeps today's numbers.
-    fused = {"fused": True} if device.type == "cuda" else {}
-    optimizer = torch.optim.AdamW(
-        [{"params": body, "lr": config.learning_rate, "weight_decay": config.weight_decay},
-         {"params": head, "lr": config.head_learning_rate, "weight_decay": 0.0}], **fused,
-    )
     sampler = batch_sampler(config, train.lengths, group)
-    total_steps = sampler.steps(config.epochs)
-    from transformers import get_linear_schedule_with_warmup
-
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    optimizer, scheduler = build_optimizer(model, config, sampler.steps(config.epochs), device)
     return Training(config, device, base, tokenizer, tokenizer.pad_token_id or 0, token_stats.max_length, train, validation,
                     sampler, model, optimizer, scheduler, group, group.wrap(model))
 
@@ -217,9 +227,8 @@ def finetune(tokenized_dir: str, output_dir: str, config: TrainParams | None = N
         skip = start_step if epoch == start_epoch else 0  # a resumed run skips exactly the batches it did
         epoch_start, seen, real_tokens, padded_tokens = time.perf_counter(), 0, 0, 0
         loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)
-        order = run.sampler.batches(epoch)
-        steps_per_epoch = len(order)
-        epoch_loader = loader(run.train, order[skip:], run.pad_id, run.device)
+        epoch_loader = run.epoch_batches(epoch, skip)
+        steps_per_epoch = skip + len(epoch_loader)
         batches = iter(epoch_loader)  # draws its seed from the global generator, as the lost run did at this epoch's start
         if resume_rng is not None:
             set_rng_state(resume_rng, run.device)  # so the resumed steps get the lost run's dropout masks
@@ -228,7 +237,7 @@ def finetune(tokenized_dir: str, output_dir: str, config: TrainParams | None = N
             batches = track(batches, total=len(epoch_loader), what=f"epoch {epoch + 1}/{config.epochs}", unit="batches")
         for step, batch in enumerate(batches, start=skip):
             rows = len(batch["label"])
-            loss_sum += run.step_on_device(batch) * rows
+            loss_sum += optimizer_step(run.loss(batch), run.forward, run.optimizer, run.scheduler) * rows
             seen += rows
             real_tokens += sum(int(batch[k].sum()) for k in batch if k.endswith("_mask"))
             padded_tokens += sum(batch[k].numel() for k in batch if k.endswith("_mask"))

@@ -1,10 +1,15 @@
-"""Query-grouped batches: coverage, whole queries, caps, determinism, sharding, bad input."""
+"""The recipe experiments' query-grouped batches (bench/recipes/sampling.py): coverage, whole queries, caps, determinism, sharding, bad input."""
+
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from searchtune.errors import SearchtuneError
-from searchtune.ml.sampling import QueryGroupedBatches
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench" / "recipes"))  # the recipes' own modules
+from sampling import QueryGroupedBatches  # noqa: E402
 
 
 def queries(rows_per_query: list[int]) -> list[str]:

@@ -1,8 +1,12 @@
-"""Text normalisation: mojibake, units, number joins, idempotence."""
+"""The recipe experiments' text normalisation (bench/recipes/text.py): mojibake, units, number joins, idempotence."""
+
+import sys
+from pathlib import Path
 
 import pytest
 
-from searchtune.ml.text import normalize
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench" / "recipes"))  # the recipes' own modules
+from text import normalize  # noqa: E402
 
 
 @pytest.mark.parametrize("raw, expected", [
