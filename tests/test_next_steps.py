@@ -75,3 +75,12 @@ def test_a_promoted_run_is_told_how_to_serve_it(root):
     assert line == f"  next:     serve it: searchtune serve --model {ref}  (make serve, for the default registry)"
     args = build_parser().parse_args(line.split("serve it: ")[1].split("  (")[0].split()[1:])
     assert args.model == ref
+
+
+def test_models_list_on_an_empty_registry_says_how_to_get_a_first_model(tmp_path, capsys):
+    from searchtune.cli.main import main
+
+    assert main(["models", "list", "--registry", str(tmp_path / "registry")]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith(f"no models registered in {tmp_path / 'registry'}: `make run` (or `searchtune run --registry ")
+    assert "`--no-require-beat-base` registers one it refused" in line
