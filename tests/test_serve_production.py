@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from searchtune.errors import SearchtuneError
 from searchtune.registry import ModelRegistry
 from searchtune.serving.local import free_port
 from searchtune.steps import index as index_step
@@ -106,3 +107,29 @@ def test_make_serve_without_a_production_model_says_what_to_do_in_one_line(tmp_p
     (line,) = ours
     assert line.startswith(f"searchtune: error: no production model '{MODEL}' in {tmp_path / 'empty-registry'} yet: ")
     assert "`make run` registers one" in line and "`searchtune run --no-require-beat-base`" in line
+
+
+@pytest.mark.parametrize("backend", ["local", "gcs"])
+def test_a_production_ref_is_served_in_place_locally_and_pulled_once_from_gcs(backend, tmp_path, request):
+    from searchtune.serving.cli import registered_model_dir
+
+    root = str(tmp_path / "registry") if backend == "local" else request.getfixturevalue("gcs_bucket") + "/registry"
+    files = tmp_path / "files"
+    (files / "index").mkdir(parents=True)
+    (files / "searchtune_model.json").write_text("{}")
+    (files / "index" / "ids.parquet").write_bytes(b"\x02" * 100)
+    registry = ModelRegistry(root)
+    with pytest.raises(SearchtuneError, match=r"^no production model 'searchtune-relevance' in .* yet: `make run` registers"):
+        registered_model_dir("@production", root, str(tmp_path / "pulled"))
+    registry.register_version(MODEL, str(files), {"run_id": "serve-ref-test"})
+    registry.move_alias(MODEL, 1, expected=None, actor="test", reason="serve ref test")
+    folder = registered_model_dir("@production", root, str(tmp_path / "pulled"))
+    if backend == "local":
+        assert folder == registry.version_uri(MODEL, 1) and not (tmp_path / "pulled").exists()
+    else:
+        assert folder == str(tmp_path / "pulled" / MODEL / "v1")
+        stamp = (Path(folder) / "index" / "ids.parquet").stat().st_mtime_ns
+        assert registered_model_dir(f"{root}/{MODEL}@1", root, str(tmp_path / "pulled")) == folder
+        assert (Path(folder) / "index" / "ids.parquet").stat().st_mtime_ns == stamp  # not pulled again
+    assert (Path(folder) / "index" / "ids.parquet").read_bytes() == b"\x02" * 100
+    assert (Path(folder) / "MANIFEST.json").is_file()
