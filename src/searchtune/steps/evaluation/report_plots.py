@@ -170,6 +170,7 @@ def agreement_scatter(title: str, reference: np.ndarray, candidate: np.ndarray, 
     keys = np.column_stack([np.round(reference, 3), np.round(candidate, 3), side])
     points, counts = np.unique(keys, axis=0, return_counts=True) if len(keys) else (np.zeros((0, 3)), np.zeros(0, int))
     order = np.argsort(-counts, kind="stable")  # big dots first, so small ones stay visible on top
+    labels = []  # drawn after every dot, so no dot hides a count
     for (x, y, sign), count in zip(points[order], counts[order], strict=True):
         fill = BETTER if sign > 0 else WORSE if sign < 0 else SAME
         radius = min(2.5 + 1.5 * np.sqrt(count - 1), 16.0)
@@ -178,9 +179,10 @@ def agreement_scatter(title: str, reference: np.ndarray, candidate: np.ndarray, 
                            f'quer{"y" if count == 1 else "ies"} at {x:.2f} &#8594; {y:.2f}</title></circle>')
         if count >= max(5, 0.05 * len(keys)):  # a big cluster says how many queries it holds, not just by its area
             outward = 1 if x <= 0.5 else -1
-            frame.parts.append(f'<text x="{float(frame.x(x)) + outward * (radius + 3):.1f}" y="{float(frame.y(y)) + 4:.1f}" '
+            labels.append(f'<text x="{float(frame.x(x)) + outward * (radius + 3):.1f}" y="{float(frame.y(y)) + 4:.1f}" '
                                f'text-anchor="{"start" if outward > 0 else "end"}" font-weight="600" stroke="#fff" '
                                f'stroke-width="3" paint-order="stroke">{count}</text>')
+    frame.parts.extend(labels)
     better, worse = int((side > 0).sum()), int((side < 0).sum())
     frame.legend([(f"candidate better ({better})", BETTER), (f"same ({len(side) - better - worse})", SAME),
                   (f"candidate worse ({worse})", WORSE)])

@@ -115,9 +115,10 @@ def trend_chart(points: list[TrendPoint], min_auc: float, y_label: str) -> str:
     low, high = min(ends), max(ends)
     pad = max((high - low) * 0.15, 0.01)
     low, high = (min(low, min_auc), high) if min_auc >= low - 3 * pad else (low, high)
-    frame = plots.Frame((-0.6, len(points) - 0.4), (low - pad, high + pad), "", y_label,
+    top = high + pad + (high - low + 2 * pad) * 0.35  # headroom, so the legend covers no point
+    frame = plots.Frame((-0.6, len(points) - 0.4), (low - pad, top), "", y_label,
                         width=max(420, 44 * len(points) + 80), height=280, x_ticks=[])
-    if low - pad <= min_auc <= high + pad:
+    if low - pad <= min_auc <= top:
         frame.line([-0.6, len(points) - 0.4], [min_auc, min_auc], "#999", width=1, dash="5,4")
         frame.text(-0.6, min_auc, f"min_auc {min_auc:g}", anchor="start", dx=4, dy=-4)
     for position, point in enumerate(points):
@@ -161,7 +162,8 @@ def trend_section(trend: Trend | None, evaluation: records.Evaluation, run_id: s
     rows = [[f'<span class=nw>{e(p.at[:16].replace("T", " "))}</span>', f'<b style="color:{COLOURS[p.kind]}">{e(_what(p))}</b>', e(p.run_id or "–"),
              e(p.metric or "–"), e(format_estimate(p.estimate)), f"<span class=muted>{e(_short(p.reason))}</span>"]
             for p in points]
-    return (heading + f"<p>The last {len(points) - 1} candidates of <code>{e(trend.model)}</code> in "
+    earlier = len(points) - 1
+    return (heading + f"<p>The last {earlier} candidate{'' if earlier == 1 else 's'} of <code>{e(trend.model)}</code> in "
             f"<code>{e(trend.registry)}</code> (registered versions with the numbers they were blessed on, refused "
             "candidates from the candidates log), oldest first, then this run. Intervals are each run's own: "
             "different test splits make neighbours comparable only as far as the data stayed the same.</p>"
