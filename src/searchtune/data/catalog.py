@@ -11,6 +11,10 @@ import numpy as np
 from searchtune.errors import SearchtuneError
 
 MAX_VARIANTS = {"main": 18, "accessory": 8}
+# Share of accessories whose title names the tool they fit ("... for Cordless Drill"), as
+# store titles often do: they then read like a query for the tool itself.
+FITS_IN_TITLE = 0.85
+ACRONYMS = {"gfci", "led", "pex", "osb"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,10 +37,12 @@ class Product:
     kind: ProductType
     brand: str
     attributes: dict[str, str]
+    fits: str = ""  # the tool an accessory's title says it is for
 
     @property
     def title(self) -> str:
-        return self.kind.title.format(brand=self.brand, **self.attributes).strip()
+        title = self.kind.title.format(brand=self.brand, **self.attributes).strip()
+        return f"{title} for {self.fits}" if self.fits else title
 
     @property
     def description(self) -> str:
@@ -93,6 +99,13 @@ def build_catalog(kinds: list[ProductType], rng: np.random.Generator) -> list[Pr
             brand, *values = combos[index]
             uid = 100001 + len(products)
             products.append(Product(uid, kind, brand, dict(zip(names, values, strict=True))))
+    # Drawn after every variant, so the variants are those of a catalog without the names.
+    for at, product in enumerate(products):
+        parent = product.kind.parent
+        title = product.kind.title.lower()
+        if parent and parent.split()[-1] not in title and " for " not in title and rng.random() < FITS_IN_TITLE:
+            fits = " ".join(w.upper() if w in ACRONYMS else w.capitalize() for w in parent.split())
+            products[at] = dataclasses.replace(product, fits=fits)
     return products
 
 

@@ -1,16 +1,20 @@
-"""Deterministic e-commerce search judgement data: the data the default run trains on.
+"""Deterministic e-commerce search judgements: the data the default run trains on.
 
 The generator builds a home-improvement catalog from ``data/sample_catalog.json``
 (categories, product types, brands, attribute values, accessories, trade jargon),
 writes queries the way shoppers type them (exact titles, brand + type, size + type,
-jargon such as "sawzall" or "romex", vague needs, typos), and has three noisy raters
-grade 5-10 products per query on a 1-3 scale, like the Home Depot relevance data.
+jargon such as "sawzall" or "romex", vague needs, words that constrain nothing such as
+"cheap", typos), and has three noisy raters grade 7-12 products per query on a 1-3
+scale, like the Home Depot relevance data.
 
-The labels are built to hold signal an untuned sentence encoder misses but a
-fine-tuned one can learn: the right product type with the wrong voltage, size or
-brand is rated low although it reads almost like the query; accessories ("drill bit
-set" for "cordless drill") are rated low; jargon queries share no words with the
-products that match them.
+The labels hold what word overlap gets wrong as well as right, so ranking within a
+query is learnable but not solved by the query's words: jargon and vague queries share
+no word with the products that match them; accessories whose titles name the tool
+("Drill Bit Set for Cordless Drill") share every word of "cordless drill" yet are rated
+low; the right type with the wrong voltage, size or brand reads almost like the query;
+another brand's battery does not fit the shopper's tools. Raters disagree (each rating
+has noise, each query a strictness) and a few pairs are misread entirely, as in real
+judgements.
 
 :func:`generate_log` scales the judgements up to search-log size (millions of rows in
 seconds, for benchmarks and tests, so nobody commits big data).
@@ -47,7 +51,7 @@ COLUMNS = [
     "relevance",
 ]
 # The arguments the shipped file was made with (see data/README.md).
-SHIPPED_QUERIES = 1500
+SHIPPED_QUERIES = 1800
 SHIPPED_SEED = 7
 SHIPPED_FILE = "sample_judgements.parquet"
 
@@ -62,20 +66,29 @@ LATENT_RELEVANCE = {
     "parent": 1.5,  # the tool itself when the query asks for its accessory
     "related": 1.45,  # another product type of the same category
     "accessory": 1.4,  # an accessory of the product type asked for
+    "incompatible": 1.3,  # an accessory of another brand than the one asked for: it does not fit
     "off_category": 1.05,
 }
+# Raters who misread a pair: their three ratings scatter around a random latent.
+CARELESS_RATE = 0.04
+JUDGED_PER_QUERY = (7, 12)  # judged products per query, like a results page, not a shortlist
 # Mismatches on these attributes bother raters less than a wrong size or voltage.
 SOFT_ATTRIBUTES = ("colour", "finish", "sheen", "count")
 # How shoppers phrase a query; styles a product type lacks vocabulary for are skipped.
 QUERY_STYLES = {
-    "title": 0.08,
-    "brand": 0.14,
-    "attribute": 0.18,
-    "brand_attribute": 0.10,
-    "generic": 0.10,
-    "jargon": 0.26,
-    "vague": 0.14,
+    "title": 0.04,
+    "brand": 0.10,
+    "attribute": 0.12,
+    "brand_attribute": 0.06,
+    "generic": 0.16,
+    "jargon": 0.30,
+    "vague": 0.22,
 }
+# Words shoppers add that constrain nothing ("cheap sawzall"): queries that state no attribute
+# are the most common in real logs, and these keep them distinct after grouping.
+QUALIFIERS = ("best", "cheap", "good", "top rated", "heavy duty", "professional", "quality", "affordable",
+              "reliable", "buy", "durable", "new")
+QUALIFIER_RATE = 0.5
 ACCESSORY_QUERY_WEIGHT = 0.6  # accessories are searched less often than the tools
 UNBRANDED = "Unbranded"
 KEYBOARD_ROWS = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
@@ -137,6 +150,8 @@ def generate_judgements(
         strictness = query_rng.normal(0.0, 0.12)  # some queries got harsher raters
         for product, relation in judged:
             latent = LATENT_RELEVANCE[relation] + strictness + query_rng.normal(0.0, 0.2)
+            if query_rng.random() < CARELESS_RATE:
+                latent = query_rng.uniform(1.0, 3.0)
             ratings = np.clip(np.rint(latent + query_rng.normal(0.0, rater_noise, size=3)), 1, 3)
             rows.append(
                 (
@@ -199,6 +214,8 @@ def _phrase_query(rng, kind: ProductType, products: list[Product]) -> Query:
             brand = anchor.brand
             parts.insert(0, brand)
         text = " ".join(parts)
+    if brand is None and not attributes and rng.random() < QUALIFIER_RATE:
+        text = f"{_pick(rng, QUALIFIERS)} {text}"
     return Query(_normalise(text), kind, anchor, brand, attributes)
 
 
@@ -227,16 +244,22 @@ def _style_possible(style: str, kind: ProductType) -> bool:
 
 
 def _judged_products(rng, query: Query, kinds, by_kind) -> list[tuple[Product, str]]:
-    """Pick 5-10 products for raters: matches, near misses, accessories, other types."""
+    """Pick 8-14 products for raters: matches, near misses, accessories, other types.
+
+    Most of them read like the query: near misses of the type, and accessories whose
+    titles name the tool they fit ("... for Cordless Drill"), so word overlap ranks them
+    up while raters mark them down.
+    """
     kind = query.kind
     same = by_kind[kind.name]
+    wanted = int(rng.integers(JUDGED_PER_QUERY[0], JUDGED_PER_QUERY[1] + 1))
     constrained = query.brand is not None or bool(query.attributes)
     matches = [p for p in same if p is not query.anchor and _relation(query, p) == "match"]
     misses = [p for p in same if p not in matches and p is not query.anchor]
     judged = [(query.anchor, "match" if constrained else "match_open")]
-    judged += [(p, "match" if constrained else "match_open") for p in _sample(rng, matches, rng.integers(1, 4))]
+    judged += [(p, "match" if constrained else "match_open") for p in _sample(rng, matches, rng.integers(1, 5))]
     if constrained:
-        judged += [(p, _relation(query, p)) for p in _sample(rng, misses, rng.integers(1, 4))]
+        judged += [(p, _relation(query, p)) for p in _sample(rng, misses, rng.integers(2, 5))]
     # Accessories of the type asked for, or the tool an accessory belongs to: they read
     # like the query but raters mark them down.
     if kind.parent is None:
@@ -244,18 +267,17 @@ def _judged_products(rng, query: Query, kinds, by_kind) -> list[tuple[Product, s
         near_relation = "accessory"
     else:
         near, near_relation = by_kind[kind.parent], "parent"
-    wanted = max(int(rng.integers(1, 4)), 5 - len(judged) - 1)
-    judged += [(p, near_relation) for p in _sample(rng, near, wanted)]
+    judged += [(p, near_relation) for p in _sample(rng, near, rng.integers(2, 5))]
     related = [
         p
         for k in kinds
         if k.category == kind.category and k.name not in (kind.name, kind.parent) and k.parent != kind.name
         for p in by_kind[k.name]
     ]
-    judged += [(p, "related") for p in _sample(rng, related, max(int(rng.integers(0, 2)), 5 - len(judged)))]
+    judged += [(p, "related") for p in _sample(rng, related, max(1, wanted - len(judged) - 1))]
     others = [p for k in kinds if k.category != kind.category for p in by_kind[k.name]]
-    judged += [(p, "off_category") for p in _sample(rng, others, int(rng.random() < 0.3))]
-    judged = judged[:10]
+    judged += [(p, "off_category") for p in _sample(rng, others, max(int(rng.random() < 0.5), wanted - len(judged)))]
+    judged = judged[:wanted]
     return [judged[i] for i in rng.permutation(len(judged))]
 
 
@@ -264,7 +286,8 @@ def _relation(query: Query, product: Product) -> str:
     if any(name not in SOFT_ATTRIBUTES for name in wrong):
         return "wrong_spec"
     if query.brand is not None and product.brand != query.brand:
-        return "wrong_brand"
+        # "dewalt 20v battery": another brand's battery does not fit the shopper's tools.
+        return "incompatible" if product.kind.parent else "wrong_brand"
     return "wrong_soft" if wrong else "match"
 
 
