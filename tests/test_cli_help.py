@@ -80,8 +80,8 @@ def test_every_option_of_every_command_has_help_in_plain_text():
 
 
 def test_docstrings_become_plain_text():
-    assert plain_text("``REF`` = ``<registry>/<model>``; see :func:`searchtune.x` or `make run`") == \
-        "REF = <registry>/<model>; see searchtune.x or 'make run'"
+    assert plain_text("``REF`` = ``<registry>/<model>``; see :func:`searchtune.cli.main` or `make run`") == \
+        "REF = <registry>/<model>; see searchtune.cli.main or 'make run'"
     assert first_paragraph("Where ``x`` goes\n  (the step).\n\nMore.") == "Where x goes (the step)."
 
 

@@ -86,7 +86,7 @@ def test_a_crash_shows_the_end_of_the_step_output_with_its_traceback(tmp_path):
 
 
 def test_a_user_error_is_shown_once_without_the_steps_output(tmp_path):
-    error = "    07:00:02 ERROR searchtune.ingest: step ingest failed: data.csv: the file is empty"
+    error = "    07:00:02 ERROR searchtune.steps.ingest: step ingest failed: data.csv: the file is empty"
     shown, _ = console_output(tmp_path, [START, STREAMED, *DUMP, INFO, error, "    step ingest failed: data.csv"], fail=True)
     assert shown[1] == error.strip() and "FAILED after" in shown[2] and shown[3].startswith("full log: ")
     assert len(shown) == 4
@@ -124,7 +124,7 @@ def test_the_log_level_reaches_the_steps_and_their_libraries(monkeypatch):
         assert logs.level() == "WARNING" and logging.getLogger().level == logging.WARNING
         logs.setup()  # what a step subprocess does: the inherited level applies
         assert logging.getLogger().level == logging.WARNING and logging.getLogger("transformers").level == logging.WARNING
-        assert logs.record_level("    07:00:02 WARNING searchtune.x: y") == logging.WARNING and logs.record_level("{") is None
+        assert logs.record_level("    07:00:02 WARNING searchtune.steps.ingest: y") == logging.WARNING and logs.record_level("{") is None
     finally:
         monkeypatch.setenv(logs.LEVEL_ENV, "INFO")
         logs.setup()

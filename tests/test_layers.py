@@ -4,6 +4,8 @@
   only ``orchestration/``, ``components/`` and ``pipelines/`` do, so every step runs and is
   tested as plain Python.
 - The ML core never imports a step, the registry, orchestration or the CLI.
+- No import climbs back up the layers (``LAYERS``): contracts, parameters and errors at the
+  bottom, the CLI at the top.
 - Serving never imports a step, Evidently or KFP (checked on the real import graph).
 - No module is longer than 300 lines unless its docstring says why.
 """
@@ -56,8 +58,8 @@ def test_the_ml_core_imports_no_higher_layer(path):
 
 def test_serving_loads_without_steps_evidently_or_kfp():
     """The real import graph of the model server, in a fresh interpreter."""
-    serving = [p for p in modules_of("serving") if p.name != "__init__.py"] if (PACKAGE / "serving").is_dir() else []
-    names = ["searchtune.serving." + p.stem for p in serving] or ["searchtune.serve"]
+    names = ["searchtune.serving." + p.stem for p in modules_of("serving") if p.name != "__init__.py"]
+    assert names
     code = (
         "import sys\n"
         + "".join(f"import {name}\n" for name in names)
@@ -67,6 +69,35 @@ def test_serving_loads_without_steps_evidently_or_kfp():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "", f"serving imports {result.stdout.strip()}"
+
+
+# What each layer may import (besides itself). "base" is the package root's modules: errors, logs,
+# params, records, progress.
+LAYERS = {
+    "base": set(),
+    "io": {"base"},
+    "data": {"base"},
+    "ml": {"base"},
+    "registry": {"base", "io"},
+    "serving": {"base", "io", "ml", "registry"},
+    "steps": {"base", "io", "data", "ml", "registry"},
+    "orchestration": {"base", "io", "data", "ml", "registry", "steps"},
+    "cli": {"base", "io", "data", "ml", "registry", "serving", "steps", "orchestration"},
+}
+
+
+def layer_of(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in LAYERS else "base"
+
+
+@pytest.mark.parametrize("path", modules_of("."), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_import_climbs_back_up_the_layers(path):
+    module = "searchtune." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+    own = layer_of(module.removesuffix(".__init__"))
+    allowed = LAYERS[own] | {own}
+    bad = sorted(m for m in imported_modules(path) if m.startswith("searchtune.") and layer_of(m) not in allowed)
+    assert not bad, f"{path.relative_to(ROOT)} ({own}) imports {bad}"
 
 
 @pytest.mark.parametrize("path", modules_of("."), ids=lambda p: str(p.relative_to(PACKAGE)))

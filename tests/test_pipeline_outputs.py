@@ -8,7 +8,7 @@ import yaml
 from searchtune.errors import SearchtuneError
 from searchtune.orchestration.cluster import ClusterSettings
 from searchtune.orchestration.local_run import compile_pipeline
-from searchtune.orchestration.submission import plan, required_inputs
+from searchtune.orchestration.submission_plan import plan, required_inputs
 from searchtune.params import NotifyParams
 
 STEPS_IN_THE_EXIT_HANDLER = {"preflight", "ingest", "tokenize", "finetune", "champion", "evaluate", "condition-branches-2"}

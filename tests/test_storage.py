@@ -1,4 +1,4 @@
-"""searchtune.storage against real local files and a real GCS emulator server."""
+"""searchtune.io.storage against real local files and a real GCS emulator server."""
 
 import io
 import os

@@ -24,10 +24,10 @@ import yaml
 from kfp import compiler
 
 from searchtune.errors import SearchtuneError
-from searchtune.orchestration import submit
+from searchtune.orchestration import kfp_client
 from searchtune.orchestration.cluster import ClusterSettings
 from searchtune.orchestration.cron import validate_cron
-from searchtune.orchestration.submission import plan
+from searchtune.orchestration.submission_plan import plan
 
 
 def _small_pipeline():
@@ -153,7 +153,7 @@ def calls(server, method: str, path: str) -> list[dict]:
 
 def test_run_uploads_the_pipeline_and_starts_a_run_with_typed_parameters(kfp_api, package):
     submission = plan(package, kfp_api.url, params=["rows=7"], experiment="relevance", run_name="nightly")
-    ids = submit.send(submission)
+    ids = kfp_client.send(submission)
 
     assert ids == {"pipeline_id": "p1", "pipeline_version_id": "v1", "experiment_id": "e1", "run_id": "r1"}
     (upload,) = calls(kfp_api, "POST", "/apis/v2beta1/pipelines/upload")
@@ -174,7 +174,7 @@ def test_run_uploads_the_pipeline_and_starts_a_run_with_typed_parameters(kfp_api
 def test_schedule_creates_a_recurring_run_on_a_new_version(kfp_api, package):
     kfp_api.state["pipelines"].append({"pipeline_id": "p9", "display_name": "searchtune-test"})
     submission = plan(package, kfp_api.url, params=["rows=3"], schedule="0 0 3 * * 1")
-    ids = submit.send(submission)
+    ids = kfp_client.send(submission)
 
     assert ids["recurring_run_id"] == "rr1" and ids["pipeline_id"] == "p9"
     assert not calls(kfp_api, "POST", "/apis/v2beta1/pipelines/upload"), "the pipeline exists: upload a version"
@@ -264,7 +264,7 @@ def test_good_cron_passes(cron):
 def test_unreachable_host_is_one_line(package):
     submission = plan(package, f"http://127.0.0.1:{free_port()}")
     with pytest.raises(SearchtuneError) as caught:
-        submit.send(submission)
+        kfp_client.send(submission)
     assert str(caught.value).startswith(f"cannot reach the KFP API at {submission.host}:")
     assert "\n" not in str(caught.value)
 
@@ -273,7 +273,7 @@ def test_api_error_names_the_step(kfp_api, package):
     kfp_api.state["pipelines"].append({"pipeline_id": "p1", "display_name": "searchtune-test"})
     kfp_api.state["pipelines"].append({"pipeline_id": "p2", "display_name": "searchtune-test"})
     with pytest.raises(SearchtuneError, match="2 pipelines are named 'searchtune-test'"):
-        submit.send(plan(package, kfp_api.url))
+        kfp_client.send(plan(package, kfp_api.url))
 
 
 def test_host_must_be_a_url(package):

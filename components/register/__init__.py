@@ -1,1 +1,1 @@
-"""KFP component for the register step; the logic is ``searchtune.register.register_model``."""
+"""KFP component for the register step; the logic is ``searchtune.steps.register.register_model``."""

@@ -15,7 +15,7 @@ import json
 import os
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from searchtune.errors import SearchtuneError
 from searchtune.params import GateParams
@@ -187,14 +187,6 @@ class ModelRecord(Record):
     best_epoch: int = 0
     best_validation_auc: float | None = None
     training_seconds: float = 0.0
-
-    @model_validator(mode="before")
-    @classmethod
-    def _lora_rank_of_older_records(cls, data: Any) -> Any:
-        # Versions registered before searchtune 0.2 kept the rank under "lora": {"r": ...}.
-        if isinstance(data, dict) and "lora_r" not in data and isinstance(data.get("lora"), dict):
-            data = {**data, "lora_r": data["lora"].get("r", 0)}
-        return data
 
 
 # --- champion (the production model, resolved before evaluation) --------------------------

@@ -6,7 +6,7 @@ A module docstring that doubles as a command's description is written for the AP
 
 import re
 
-_ROLE = re.compile(r":[a-z]+:`([^`]+)`")  # :func:`searchtune.x` -> searchtune.x
+_ROLE = re.compile(r":[a-z]+:`([^`]+)`")  # :func:`searchtune.cli.main` -> searchtune.cli.main
 _LITERAL = re.compile(r"``([^`]+)``")  # ``REF`` -> REF
 _INTERPRETED = re.compile(r"`([^`]+)`")  # `make run` -> 'make run'
 

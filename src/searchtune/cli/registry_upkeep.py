@@ -9,9 +9,8 @@ from __future__ import annotations
 import argparse
 
 from searchtune.cli import exit_codes
-from searchtune.cli.models import parse_ref
 from searchtune.errors import SearchtuneError
-from searchtune.registry import ModelRegistry
+from searchtune.registry import ModelRegistry, parse_ref
 
 VERIFY_PROBLEMS = exit_codes.VERIFY_PROBLEMS
 

@@ -45,7 +45,7 @@ class ClusterSettings:
 
     Attributes:
         image_prefix: Registry path of the images (``REGISTRY/PATH``); None keeps the
-            components' default images from ``searchtune.images``.
+            components' default images from ``searchtune.orchestration.images``.
         image_tag: Image tag; None keeps the default tag.
         gpu_count: GPUs requested by the fine-tune task; 0 trains on CPU.
         accelerator_type: Accelerator resource: ``nvidia.com/gpu`` on Kubeflow, a Vertex

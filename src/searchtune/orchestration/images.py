@@ -1,7 +1,7 @@
 """The container images the components run in: named in this one place.
 
 ``searchtune compile --image-prefix REGISTRY/PATH --image-tag TAG`` overrides them per
-task at compile time (see ``searchtune.cluster``); these are the defaults baked into the
+task at compile time (see ``searchtune.orchestration.cluster``); these are the defaults baked into the
 component definitions. Locally, kfp.local's SubprocessRunner ignores the image and runs
 the component in this Python environment.
 """

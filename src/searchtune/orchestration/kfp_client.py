@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 from searchtune.errors import SearchtuneError
 from searchtune.orchestration import cluster
-from searchtune.orchestration.submission import Submission
+from searchtune.orchestration.submission_plan import Submission
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def _client(submission: Submission):
     credentials = None
     token_path = os.environ.get(KF_PIPELINES_SA_TOKEN_ENV, KF_PIPELINES_SA_TOKEN_PATH)
     if os.path.exists(token_path):
-        # In a pod with the projected token of manifests/base/cronjob.yaml (multi-user KFP).
+        # In a pod with the projected token of manifests/components/git-schedule/cronjob.yaml (multi-user KFP).
         credentials = ServiceAccountTokenVolumeCredentials(token_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # "only works with KFP v2.0.0-beta.2 and later"

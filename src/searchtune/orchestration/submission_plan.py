@@ -2,7 +2,7 @@
 
 ``plan`` reads the compiled pipeline, types and checks the arguments against its inputs
 and describes the upload and the run (or recurring run) as a ``Submission``; ``--dry-run``
-prints exactly that. ``searchtune.orchestration.submit.send`` then sends it.
+prints exactly that. ``searchtune.orchestration.kfp_client.send`` then sends it.
 """
 
 import dataclasses

@@ -88,8 +88,8 @@ def registered_model_dir(ref: str, registry_root: str, pull_dir: str) -> str:
     Raises:
         SearchtuneError: one line: no such version, or no production model yet and how to get one.
     """
-    from searchtune.cli.models import parse_ref
     from searchtune.io import storage
+    from searchtune.registry import parse_ref
 
     registry, model, version = parse_ref(ref, registry_root)
     if version == PRODUCTION and registry.alias(model, PRODUCTION) is None:
