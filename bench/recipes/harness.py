@@ -139,7 +139,7 @@ def save(trained: Trained, recipe: Recipe, output_dir: str) -> None:
     """Write the model as the fine-tune step does (adapter, head, tokenizer, record), e.g. to warm-start from."""
     base = modeling.resolve_base_model("")
     record = records.ModelRecord(architecture="bi-encoder", max_length=recipe.params.max_length, lora_r=recipe.params.lora_r,
-                                 base_model=records.BaseModelRef(**modeling.base_model_reference(base), bundled=True),
+                                 base_model=records.BaseModelRef(**modeling.base_model_reference(base, bundled=True)),
                                  training=recipe.params.model_dump())
     modeling.save_model(trained.model, modeling.load_tokenizer(base), output_dir, record)
 

@@ -156,10 +156,21 @@ class TokenizeStats(Record):
 
 # --- fine-tune --------------------------------------------------------------------------
 class BaseModelRef(BaseModel):
-    name_or_path: str
-    sha256: str | None = None
+    """The pretrained encoder a model was trained from: what was loaded, its published identity, its bytes."""
+
+    name_or_path: str  # as loaded: a Hugging Face id, or a folder (the bundled model is a folder in site-packages)
+    model_id: str | None = None  # the published Hugging Face id, where known
+    revision: str | None = None  # the hub commit of the files, or the package that ships them
+    sha256: str | None = None  # of the weight files, in name order
     weight_files: list[str] = []
     bundled: bool = False
+
+    def label(self) -> str:
+        """How a reader should see it: published id, revision, checksum (never a virtualenv path when an id is known)."""
+        details = [f"revision {self.revision}"] if self.revision else []
+        details += [f"sha256 {self.sha256[:12]}"] if self.sha256 else []
+        name = self.model_id or self.name_or_path
+        return f"{name} ({', '.join(details)})" if details else name
 
 
 class EpochRecord(BaseModel):

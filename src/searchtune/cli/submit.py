@@ -10,8 +10,8 @@ from searchtune.cli import cluster_flags, exit_codes
 from searchtune.cli.parameters import add_parameter_flags, given
 from searchtune.errors import SearchtuneError
 from searchtune.orchestration.cron import validate_cron
-from searchtune.orchestration.submission_plan import DEFAULT_EXPERIMENT, plan
 from searchtune.orchestration.kfp_client import HOST_ENV, compile_package, send
+from searchtune.orchestration.submission_plan import DEFAULT_EXPERIMENT, plan
 from searchtune.params import RunParameters
 
 # Pipeline arguments from the environment: SEARCHTUNE_PARAM_MIN_AUC=0.7 sets min_auc. A

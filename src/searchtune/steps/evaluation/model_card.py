@@ -89,10 +89,10 @@ def render_model_card(evaluation: records.Evaluation, stats: records.IngestStats
                           dataset_split="test", metric_type=metric, metric_name=statistics.metrics[metric].label,
                           metric_value=round(estimate.value, 4))
                for metric, estimate in statistics.models.get(statistics.candidate, {}).items() if estimate.value is not None]
-    base = model.base_model.name_or_path
+    base = model.base_model
     card_data = ModelCardData(model_name=model_name, library_name="peft", pipeline_tag="text-ranking",
                               tags=["searchtune", "search-relevance", model.architecture, "lora"], eval_results=results,
-                              base_model=None if "/" in base and Path(base).exists() else base)
+                              base_model=base.model_id)  # the Hub's field: a published id, never a local folder
     header, rows, differences = metrics_table_rows(statistics, evaluation.production_version)
     mapping = stats.column_mapping
     label_rule = ("a 0/1 label" if mapping.get("binary_labels") else
@@ -109,7 +109,7 @@ def render_model_card(evaluation: records.Evaluation, stats: records.IngestStats
                               *[f"- {name}: {s.rows} rows, {s.queries} queries, positive rate {s.positive_rate:.3f}"
                                 for name, s in stats.splits.items()],
                               "- splits by query hash: no query is in two splits"]),
-        training_line=(f"{model.architecture} on `{base}` (sha256 `{str(model.base_model.sha256)[:12]}`), LoRA r={model.lora_r}, "
+        training_line=(f"{model.architecture} on `{base.label()}`, LoRA r={model.lora_r}, "
                        f"{model.train_rows} training rows, best epoch {model.best_epoch} of {len(model.epochs)} (validation "
                        f"AUC {model.best_validation_auc if model.best_validation_auc is None else round(model.best_validation_auc, 4)}), "
                        f"{model.training_seconds:g} s on {model.device}; parameters: "

@@ -153,7 +153,7 @@ def training_section(model: records.ModelRecord) -> str:
     rows = [[str(e.epoch), f"{e.train_loss:.4f}", "–" if e.validation_auc is None else f"{e.validation_auc:.4f}",
              f"{e.examples_per_second:g}", f"{e.seconds:g}", f"{e.padding_efficiency:.0%}"] for e in model.epochs]
     return ("<h2>Training</h2>"
-            f"<p>{_e(model.architecture)} on <code>{_e(model.base_model.name_or_path)}</code>, LoRA r={model.lora_r}, "
+            f"<p>{_e(model.architecture)} on <code>{_e(model.base_model.label())}</code>, LoRA r={model.lora_r}, "
             f"{model.train_rows} training rows on {_e(model.device)}, {model.training_seconds:g} s.</p>"
             f"<div class=charts>{charts}</div>"
             + _table(["epoch", "train loss", "validation AUC", "examples/s", "seconds", "real tokens"], rows))

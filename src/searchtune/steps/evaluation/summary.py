@@ -101,8 +101,7 @@ def render_summary(evaluation: records.Evaluation, stats: records.IngestStats, m
           if statistics.unscored else []),
         *(["## Slices", *slice_lines(slices, version), ""] if slices else []),
         "## Model",
-        f"- {model.architecture} on `{model.base_model.name_or_path}` (sha256 {str(model.base_model.sha256)[:12]}), "
-        f"LoRA r={model.lora_r}; best epoch {model.best_epoch} (validation AUC {_number(model.best_validation_auc)}), "
+        f"- {model.architecture} on `{model.base_model.label()}`, LoRA r={model.lora_r}; best epoch {model.best_epoch} (validation AUC {_number(model.best_validation_auc)}), "
         f"{model.training_seconds} s of training",
         "",
         "## Data",
