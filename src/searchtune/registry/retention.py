@@ -150,9 +150,13 @@ def prune(layout: Layout, model: str, keep: int, *, dry_run: bool, actor: str,
         min_age_minutes: keep versions registered more recently than this.
 
     Raises:
-        SearchtuneError: ``keep`` < 1, an alias record cannot be read, or another prune of
-            the model is running.
+        SearchtuneError: nothing of ``model`` is stored, ``keep`` < 1, an alias record cannot
+            be read, or another prune of the model is running.
     """
+    if not storage.list_prefix(layout.model(model) + "/"):
+        # Taking the lock would create <root>/<model>/ for a mistyped path and report success.
+        raise SearchtuneError(f"no model {model!r} in {layout.root}: nothing stored there to prune "
+                              "(check the registry path and the model name)")
     if dry_run:
         return plan(layout, model, keep, min_age_minutes=min_age_minutes)
     plan(layout, model, keep, min_age_minutes=min_age_minutes)  # refuse bad input before the lock: writes nothing
