@@ -136,7 +136,7 @@ def test_pull_gives_a_folder_transformers_and_peft_can_load(registry_root, tmp_p
     ("/abs/reg/m", ("/abs/reg", "m", "production")),
 ])
 def test_parse_ref(ref, expected, tmp_path, monkeypatch):
-    from searchtune.cli.models import parse_ref
+    from searchtune.registry import parse_ref
 
     monkeypatch.chdir(tmp_path)
     registry, model, version = parse_ref(ref, "default-root")

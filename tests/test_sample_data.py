@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from searchtune.cli import sample_data as sample_data_cli
+from searchtune.cli import sample_data_command
 from searchtune.data import catalog, sample_data
 from searchtune.errors import SearchtuneError
 
@@ -157,7 +157,7 @@ def test_bad_arguments_raise_searchtune_error():
 def _sample_data_command(argv: list[str]):
     """Parse ``argv`` with the sub-command as the searchtune CLI wires it."""
     parser = argparse.ArgumentParser(prog="searchtune")
-    sample_data_cli.add_parser(parser.add_subparsers(dest="command", required=True))
+    sample_data_command.add_parser(parser.add_subparsers(dest="command", required=True))
     return parser.parse_args(argv)
 
 

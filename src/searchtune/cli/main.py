@@ -15,9 +15,8 @@ from searchtune.errors import EnvironmentFault, SearchtuneError, environment_fau
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from searchtune.cli import models as registry_cli
+    from searchtune.cli import models_command, sample_data_command, submit
     from searchtune.cli import run as pipeline_cli
-    from searchtune.cli import sample_data, submit
     from searchtune.serving import cli as serving_cli
 
     parser = argparse.ArgumentParser(
@@ -31,9 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline_cli.add_run_parser(commands)
     pipeline_cli.add_compile_parser(commands)
     submit.add_parser(commands)
-    registry_cli.add_parser(commands)
+    models_command.add_parser(commands)
     serving_cli.add_parser(commands)
-    sample_data.add_parser(commands)
+    sample_data_command.add_parser(commands)
     return parser
 
 

@@ -1,6 +1,6 @@
 """``searchtune models verify`` and ``models prune``: check a registry, remove what killed writers left, delete old versions.
 
-Split from ``cli/models.py`` (the other ``models`` commands and the REF syntax) to keep
+Split from ``cli/models_command.py`` (the other ``models`` commands and the REF syntax) to keep
 both short; what each keeps and why is in docs/registry.md.
 """
 
