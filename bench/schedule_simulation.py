@@ -128,54 +128,89 @@ def upkeep(registry: Path) -> dict:
     return result
 
 
+def summarize(runs: list[dict], final: dict, minutes: float) -> dict:
+    return {"runs": len(runs), "blessed": sum(r["verdict"] == "BLESSED" for r in runs),
+            "refused": sum(r["verdict"] == "NOT BLESSED" for r in runs),
+            "failed": sum(r["exit"] not in (0, 3) for r in runs),
+            "registered": sum(r["registered_version"] is not None for r in runs),
+            "median_run_seconds": sorted(r["seconds"] for r in runs)[len(runs) // 2],
+            "registry_mb_after_last_run": round(final["prune"]["before"]["size"]["bytes"] / 1e6, 2),
+            "registry_mb_after_prune": round(final["prune"]["keep_3_min_age_0"]["after"]["size"]["bytes"] / 1e6, 2),
+            "verify_exit_before_after_prune": [final["verify_before_prune"]["exit"], final["verify_after_prune"]["exit"]],
+            "leftovers_any_run": sorted({kind for r in runs for kind, found in r.get("leftovers", {}).items() if found}),
+            "total_minutes": round(minutes, 1)}
+
+
+def collect(work: Path, log: Path) -> tuple[list[dict], dict]:
+    """Rows of a simulation stopped from outside (its parent killed between runs), from its log and folder."""
+    import pandas as pd
+
+    runs = []
+    for line in log.read_text().splitlines():
+        if line.startswith('{"run"'):
+            row = json.loads(line)
+            tmpdir = work / "tmp" / f"run-{row['run']:02d}"
+            row["leftovers"] = {"files_in_run_tmpdir": sorted(str(p.relative_to(tmpdir)) for p in tmpdir.rglob("*"))}
+            row["data_rows"] = len(pd.read_parquet(work / f"day-{row['run']:02d}.parquet"))
+            runs.append(row)
+    return runs, upkeep(work / "registry")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10, help="consecutive runs (default 10)")
     parser.add_argument("--query-share", type=float, default=0.7, help="share of the sample's queries per day (default 0.7)")
+    parser.add_argument("--stop-after-minutes", type=float, default=0,
+                        help="launch no run after this many minutes (default: no limit); the result says so")
     parser.add_argument("--out", default=str(DEFAULT_OUT))
+    parser.add_argument("--collect", nargs=2, default=None, metavar=("WORKDIR", "LOG"),
+                        help="finish a simulation whose parent was killed between runs: per-run lines from its LOG, "
+                        "then the end (list, verify, prune) on WORKDIR/registry")
     args = parser.parse_args()
-    if args.runs < 1 or not 0 < args.query_share <= 1:
-        sys.exit("--runs must be at least 1 and --query-share in (0, 1]")
-    work = Path(tempfile.mkdtemp(prefix="searchtune-bench-schedule-"))
-    registry, outputs = work / "registry", work / "runs"
-    runs, started = [], time.perf_counter()
-    try:
-        for number in range(1, args.runs + 1):
-            data, tmpdir = work / f"day-{number:02d}.parquet", work / "tmp" / f"run-{number:02d}"
-            tmpdir.mkdir(parents=True)
-            day = write_day(number, args.query_share, data)
-            tick = time.perf_counter()
-            done = cli("run", "--data", str(data), *BUDGET, "--registry", str(registry), "--output-dir", str(outputs),
-                       env={"TMPDIR": str(tmpdir)})
-            row = {"run": number, "data": day, "exit": done.returncode, "seconds": round(time.perf_counter() - tick, 1),
-                   **outcome(done.stdout), "versions": versions(registry), "aliases": aliases(registry),
-                   "registry_size": tree_size(registry), "run_outputs_size": tree_size(outputs),
-                   "leftovers": leftovers(registry, tmpdir)}
-            if done.returncode not in (0, 3):
-                row["error_tail"] = (done.stdout + done.stderr).strip().splitlines()[-15:]
-            runs.append(row)
-            print(json.dumps({k: row[k] for k in ("run", "exit", "seconds", "verdict", "registered_version")}
-                             | {"registry_mb": round(row["registry_size"]["bytes"] / 1e6, 1)}), flush=True)
-        final = upkeep(registry)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    counted = [r for r in runs if r["exit"] in (0, 3)]
-    blessed = sum(r["verdict"] == "BLESSED" for r in runs)
-    summary = {"runs": len(runs), "blessed": blessed, "refused": sum(r["verdict"] == "NOT BLESSED" for r in runs),
-               "failed": len(runs) - len(counted), "registered": sum(r["registered_version"] is not None for r in runs),
-               "median_run_seconds": sorted(r["seconds"] for r in runs)[len(runs) // 2],
-               "registry_mb_after_last_run": round(runs[-1]["registry_size"]["bytes"] / 1e6, 2),
-               "registry_mb_after_prune": round(final["prune"]["keep_3_min_age_0"]["after"]["size"]["bytes"] / 1e6, 2),
-               "verify_exit_before_after_prune": [final["verify_before_prune"]["exit"], final["verify_after_prune"]["exit"]],
-               "leftovers_any_run": sorted({kind for r in runs for kind, found in r["leftovers"].items() if found}),
-               "total_minutes": round((time.perf_counter() - started) / 60, 1)}
-    result = {"command": f"OMP_NUM_THREADS=1 python bench/schedule_simulation.py --runs {args.runs} --query-share {args.query_share:g}",
-              "budget": " ".join(BUDGET), "gate": "defaults (require_beat_base on, max_auc_drop 0.01 vs production)",
+    command = f"OMP_NUM_THREADS=1 python bench/schedule_simulation.py --runs {args.runs} --query-share {args.query_share:g}"
+    started, stopped = time.perf_counter(), None
+    if args.collect:
+        runs, final = collect(Path(args.collect[0]), Path(args.collect[1]))
+        stopped = f"the simulation was stopped from outside after {len(runs)} run(s); collected by --collect"
+        command += f"  (stopped; then: python bench/schedule_simulation.py --collect WORKDIR LOG --out {args.out})"
+    else:
+        if args.runs < 1 or not 0 < args.query_share <= 1:
+            sys.exit("--runs must be at least 1 and --query-share in (0, 1]")
+        work = Path(tempfile.mkdtemp(prefix="searchtune-bench-schedule-"))
+        registry, outputs = work / "registry", work / "runs"
+        runs = []
+        try:
+            for number in range(1, args.runs + 1):
+                if args.stop_after_minutes and time.perf_counter() - started > args.stop_after_minutes * 60:
+                    stopped = f"no run launched after {args.stop_after_minutes:g} minutes: {len(runs)} of {args.runs} runs"
+                    break
+                data, tmpdir = work / f"day-{number:02d}.parquet", work / "tmp" / f"run-{number:02d}"
+                tmpdir.mkdir(parents=True)
+                day = write_day(number, args.query_share, data)
+                tick = time.perf_counter()
+                done = cli("run", "--data", str(data), *BUDGET, "--registry", str(registry), "--output-dir", str(outputs),
+                           env={"TMPDIR": str(tmpdir)})
+                row = {"run": number, "data": day, "exit": done.returncode, "seconds": round(time.perf_counter() - tick, 1),
+                       **outcome(done.stdout), "versions": versions(registry), "aliases": aliases(registry),
+                       "registry_size": tree_size(registry), "run_outputs_size": tree_size(outputs),
+                       "leftovers": leftovers(registry, tmpdir)}
+                if done.returncode not in (0, 3):
+                    row["error_tail"] = (done.stdout + done.stderr).strip().splitlines()[-15:]
+                runs.append(row)
+                print(json.dumps({k: row[k] for k in ("run", "exit", "seconds", "verdict", "registered_version")}
+                                 | {"registry_mb": round(row["registry_size"]["bytes"] / 1e6, 1)}), flush=True)
+            final = upkeep(registry)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    elapsed = time.perf_counter() - started + (sum(r["seconds"] for r in runs) if args.collect else 0)
+    summary = summarize(runs, final, elapsed / 60)
+    result = {"command": command, "budget": " ".join(BUDGET),
+              "gate": "defaults (require_beat_base on, max_auc_drop 0.01 vs production)",
               "machine": {"cpus": os.cpu_count(), "load_average_1_5_15_at_end": [round(x, 2) for x in os.getloadavg()],
                           "note": "2 cores shared with other engineers' jobs"},
-              "summary": summary, "runs": runs, "end": final}
+              **({"stopped": stopped} if stopped else {}), "summary": summary, "runs": runs, "end": final}
     print(json.dumps(summary))
-    if args.runs >= 10 or args.out != str(DEFAULT_OUT):
+    if len(runs) >= 10 or args.out != str(DEFAULT_OUT):
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 
 
