@@ -7,6 +7,8 @@ import pytest
 from kfp import dsl, local
 from searchtune.components.index.component import index
 
+from searchtune import records
+
 
 @pytest.fixture
 def local_runner(tmp_path):
@@ -26,8 +28,8 @@ def index_only(model_uri: str, splits_uri: str, catalog: str, catalog_id_column:
 def test_index_component_writes_the_index_folder_and_metadata(local_runner, trained_model_dir, splits_dir, sample_file):
     run = index_only(model_uri=trained_model_dir, splits_uri=splits_dir, catalog=sample_file, catalog_id_column="product_uid")
     artifact = run.outputs["Output"]
-    assert sorted(os.listdir(artifact.path)) == ["ids.parquet", "index.faiss", "index.json"]
-    record = json.loads(open(os.path.join(artifact.path, "index.json")).read())
+    assert sorted(os.listdir(artifact.path)) == sorted([records.INDEX_IDS_FILE, records.INDEX_VECTORS_FILE, records.IndexRecord.FILE])
+    record = json.loads(open(os.path.join(artifact.path, records.IndexRecord.FILE)).read())
     assert record["kind"] == "flat-ip" and record["catalog"]["id_column"] == "product_uid"
     assert record["catalog"]["text_columns"] == ["product_title", "brand"]
     assert artifact.metadata["products"] == record["count"] > 0

@@ -7,6 +7,8 @@ import pytest
 from kfp import local
 from searchtune.components.ingest.component import ingest
 
+from searchtune import records
+
 
 @pytest.fixture
 def local_runner(tmp_path):
@@ -24,12 +26,12 @@ def test_ingest_component_writes_splits_rejects_and_metrics(local_runner, sample
                   max_reject_ratio=0.05, encoding="auto", data_version="v1",
                   min_test_queries=2)
     splits = task.outputs["splits"]
-    stats = json.loads(open(os.path.join(splits.path, "stats.json")).read())
+    stats = json.loads(open(os.path.join(splits.path, records.IngestStats.FILE)).read())
     assert stats["rows_read"] == len(frame) and stats["rows_rejected"] == 3
     assert splits.metadata["fingerprint"] == stats["fingerprint"] and splits.metadata["data_version"] == "v1"
     assert task.outputs["metrics"].metadata["rows_rejected"] == 3
     assert task.outputs["metrics"].metadata["train_rows"] == stats["splits"]["train"]["rows"]
-    assert os.path.exists(os.path.join(task.outputs["rejects"].path, "rejects.parquet"))
+    assert os.path.exists(os.path.join(task.outputs["rejects"].path, records.REJECTS_FILE))
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")

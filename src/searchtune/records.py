@@ -33,6 +33,8 @@ DRIFT_JSON_FILE = "drift_report.json"
 SUMMARY_FILE = "summary.md"
 PREDICTIONS_FILE = "predictions.parquet"
 INDEX_DIR = "index"  # the product vector index inside a registered version
+INDEX_VECTORS_FILE = "index.faiss"  # inside the index folder: the faiss index of the product vectors
+INDEX_IDS_FILE = "ids.parquet"  # inside the index folder: the product id of each vector, in index order
 MANIFEST_FILE = "MANIFEST.json"  # a registered version's file list (size, sha256), written last
 
 

@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 
 from searchtune.errors import SearchtuneError, first_line
-from searchtune.records import IndexRecord, now
+from searchtune.records import INDEX_IDS_FILE, INDEX_VECTORS_FILE, IndexRecord, now
 
 log = logging.getLogger(__name__)
 
-INDEX_FILE = "index.faiss"
-IDS_FILE = "ids.parquet"
+INDEX_FILE = INDEX_VECTORS_FILE
+IDS_FILE = INDEX_IDS_FILE
 ID_COLUMN = "product_id"
 EXACT_MAX_VECTORS = 250_000
 RECALL_TARGET = 0.95
