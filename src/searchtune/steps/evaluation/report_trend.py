@@ -120,7 +120,7 @@ def trend_chart(points: list[TrendPoint], min_auc: float, y_label: str) -> str:
                         width=max(420, 44 * len(points) + 80), height=280, x_ticks=[])
     if low - pad <= min_auc <= top:
         frame.line([-0.6, len(points) - 0.4], [min_auc, min_auc], "#999", width=1, dash="5,4")
-        frame.text(-0.6, min_auc, f"min_auc {min_auc:g}", anchor="start", dx=4, dy=-4)
+        frame.text(len(points) - 0.4, min_auc, f"min_auc {min_auc:g}", anchor="end", dx=-4, dy=-4)  # clear of the legend
     for position, point in enumerate(points):
         value, lower, upper = point.estimate.value, point.estimate.low, point.estimate.high
         stroke = COLOURS[point.kind]
