@@ -93,11 +93,15 @@ def test_what_only_the_preflight_step_can_see_stops_the_run_in_its_first_step(se
     read_only.mkdir()
     a_file = tmp_path / "a-file"
     a_file.write_text("not a folder")
+    catalog = tmp_path / "catalog.csv"
+    catalog.write_text("sku,product_title\n1,Cordless Drill\n")
     cases = [
         (["--registry", str(a_file / "registry")], "a folder on this path is a file"),
         (["--base-model", str(tmp_path / "no-such-model")], "no-such-model"),
         (["--lora-targets", "query,attention_everything"], "lora_targets attention_everything name no module"),
         (["--data", str(tmp_path / "nothing-here" / "*.parquet")], "no files found"),
+        (["--catalog", str(catalog)], f"{catalog}: missing column(s) 'product_uid', 'brand'; columns found: 'sku', 'product_title'"),
+        (["--catalog", str(tmp_path / "no-catalog-here.csv")], "no-catalog-here.csv"),
         (["--init-from", "7"], "init_from='7': model 'searchtune-relevance' has no version 7; available: v1"),
         # The seeded version is no searchtune model (no searchtune_model.json): it cannot be continued.
         (["--init-from", "production"], "init_from='production': v1 of 'searchtune-relevance' has no file searchtune_model.json"),

@@ -107,6 +107,20 @@ def _check_columns(path: str, wanted: list[str], found: list[str]) -> None:
                               f"columns found: {', '.join(repr(str(c)) for c in found)}")
 
 
+def check_catalog(catalog: str, id_column: str, text_columns: str) -> int:
+    """Refuse, before any training, a catalog the index step could not read: a location with no file, a
+    file type no reader takes, or a file without the id or a text column. Reads each file's header (a
+    Parquet footer, or a CSV/JSONL file's first chunk) and returns the number of files.
+    """
+    columns = [c.strip() for c in text_columns.split(",") if c.strip()]
+    if not columns:
+        raise SearchtuneError("catalog_text_columns names no column of the catalog")
+    paths = storage.expand(catalog)
+    for path in paths:
+        next(_chunks(path, list(dict.fromkeys([id_column, *columns]))), None)
+    return len(paths)
+
+
 def data_catalog(splits_dir: str, id_column: str) -> tuple[IngestParams | None, list[str], str]:
     """The run's data files and how ingest read them, when every one has ``id_column``.
 

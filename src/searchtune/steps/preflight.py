@@ -26,6 +26,7 @@ from searchtune.io import storage
 from searchtune.ml import modeling
 from searchtune.params import RunParameters, TrainParams
 from searchtune.registry import ModelRegistry
+from searchtune.steps import index
 from searchtune.steps.register import code_version
 from searchtune.steps.training import warm_start
 
@@ -111,8 +112,8 @@ def preflight(params: RunParameters, run_id: str, output_dir: str) -> records.Ru
         raise SearchtuneError("registry_root is empty: give the model registry, a local folder or gs://bucket/prefix")
     # The inputs first: a run that fails on its data or base model leaves a new registry uncreated.
     files = snapshot(params.data or sample_data.default_sample_path())
-    if params.catalog:
-        storage.expand(params.catalog)  # a catalog location with no file fails here, not after training
+    if params.catalog:  # a catalog the index step cannot read fails here, not after training
+        index.check_catalog(params.catalog, params.catalog_id_column, params.catalog_text_columns or params.text_columns)
     base = check_base_model(params.group(TrainParams))
     # With the model name, a broken or dangling production alias is caught here too, not at registration.
     # Read-only, so a bad init_from leaves a registry that does not exist yet uncreated too.
