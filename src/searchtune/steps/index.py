@@ -23,6 +23,10 @@ The catalog is either
 Output folder: see ``ml/vector_index.py`` (``index.json``, ``index.faiss``, ``ids.parquet``).
 A cross-encoder has no product vectors: the folder then holds only an ``index.json`` of
 kind ``none`` that says so, and the server answers search requests with that reason.
+
+Longer than 300 lines: the three catalog sources (catalog files, the run's data with its ids,
+the ingest output with hash ids) share one reader and one set of counts, and preflight checks
+the catalog with the same reader the step uses.
 """
 
 from __future__ import annotations
