@@ -10,6 +10,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +26,11 @@ def run_cli(*args: str, registry: Path, output: Path, timeout: int = 600) -> tup
         capture_output=True, text=True, timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     return result, time.monotonic() - started
+
+
+def ephemeral_step_sources() -> set[Path]:
+    """The step sources kfp.local left in the system's temporary folder."""
+    return set(Path(tempfile.gettempdir()).glob("*/ephemeral_component.py"))
 
 
 def tree_digest(root: Path) -> dict:
@@ -107,6 +113,7 @@ def test_what_only_the_preflight_step_can_see_stops_the_run_in_its_first_step(se
         (["--init-from", "production"], "init_from='production': v1 of 'searchtune-relevance' has no file searchtune_model.json"),
     ]
     before = tree_digest(seeded_registry)
+    kfp_sources_before = ephemeral_step_sources()
     for args, message in cases:
         result, seconds = run_cli(*args, registry=seeded_registry, output=tmp_path / "runs")
         last = result.stderr.strip().splitlines()[-1]
@@ -119,6 +126,8 @@ def test_what_only_the_preflight_step_can_see_stops_the_run_in_its_first_step(se
     steps = {p.name for run in (tmp_path / "runs").iterdir() for kfp_run in run.iterdir() if kfp_run.is_dir()
              for p in kfp_run.iterdir()}
     assert steps <= {"preflight", "notify"}, steps  # notify: the exit handler, which runs however the run ends
+    # kfp.local writes each step's source into a temporary folder it never removes; a run removes them.
+    assert ephemeral_step_sources() <= kfp_sources_before
 
 
 @pytest.mark.slow

@@ -24,10 +24,12 @@ DEBUG`` the terminal gets everything, as kfp.local prints it.
 
 import dataclasses
 import datetime
+import getpass
 import logging
 import os
 import secrets
 import shutil
+import tempfile
 import time
 import warnings
 from contextlib import redirect_stdout
@@ -161,8 +163,16 @@ def run_local(parameters: RunParameters, output_dir: str, describe_step=None,
     # their libraries in the log.
     step_environment = {EVENTS_ENV: "1", "HF_HUB_DISABLE_PROGRESS_BARS": os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
                         ERROR_FILE_ENV: str(error_file)}
+    scratch = None
     if containers is None:
         runner = local.SubprocessRunner(use_venv=False)
+        # kfp.local writes each step's source into a `mktemp -d` folder it never removes (8-9 a run: a
+        # daily schedule would leave thousands): the steps get a scratch TMPDIR, removed after the run.
+        # torch's compile cache stays where it was, so runs still share it.
+        default_tmp = tempfile.gettempdir()
+        scratch = tempfile.mkdtemp(prefix=f"searchtune-{run_id}-")
+        step_environment |= {"TMPDIR": scratch, "TORCHINDUCTOR_CACHE_DIR": os.environ.get(
+            "TORCHINDUCTOR_CACHE_DIR", os.path.join(default_tmp, f"torchinductor_{getpass.getuser()}"))}
     else:
         passed = {name: os.environ[name] for name in PASSED_TO_CONTAINERS if name in os.environ}
         runner = docker_steps.docker_runner(bind_mounts, {**passed, **step_environment}, gpus=containers.gpus)
@@ -189,6 +199,8 @@ def run_local(parameters: RunParameters, output_dir: str, describe_step=None,
             else:
                 os.environ[name] = value
         error_file.unlink(missing_ok=True)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     run_dir = _run_folder(root, PIPELINE_NAME)
     if run_dir is None:
         raise PipelineFailed(f"{root}: expected one kfp.local run folder")
