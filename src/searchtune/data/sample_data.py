@@ -22,7 +22,7 @@ seconds, for benchmarks and tests, so nobody commits big data).
 Longer than 300 lines because the query styles and the rater model are one generative
 story that reads best in one place, and the large log is that story rewritten at scale;
 the catalog's vocabulary is ``data/catalog.py`` and the command that writes the files is
-``cli/sample_data.py``.
+``cli/sample_data_command.py``.
 """
 
 import dataclasses
