@@ -39,7 +39,7 @@ def test_ingest_reads_every_row_and_splits_by_query(home_depot_splits):
     train_queries = set(frames["train"]["query_group"])
     assert not train_queries & set(frames["test"]["query_group"])
     assert not train_queries & set(frames["validation"]["query_group"])
-    assert 0.78 < stats.frames["train"].rows / stats.rows_kept < 0.82
+    assert 0.78 < stats.splits["train"].rows / stats.rows_kept < 0.82
 
 
 def test_untuned_model_baseline_on_real_test_rows(home_depot_splits):
