@@ -80,7 +80,7 @@ def test_pipeline_inputs_are_the_run_parameters_with_their_defaults_and_descript
 
 @pytest.mark.parametrize(("step", "group", "others"), [
     ("preflight", RunParameters, {"run_id"}),  # less notify_webhook, a credential kept out of run.json and lineage
-    ("ingest", IngestParams, {"data_version"}),
+    ("ingest", IngestParams, {"data_version", "min_test_queries"}),  # the gate's, checked before training
     ("tokenize", ModelParams, set()),
     ("finetune", TrainParams, {"registry_root", "model_name", "checkpoint_root"}),  # no run_id: it would defeat the cache
     ("evaluate", GateParams, {"run_id"}),
