@@ -24,8 +24,9 @@ pytestmark = [
                        reason="needs a Docker engine and the built CPU image: .ci/containers runs it"),
 ]
 
-# A tiny budget: the comparison is of the runners, not of the recipe.
-BUDGET = ["--max-train-rows", "300", "--epochs", "1", "--seed", "13"]
+# A tiny budget: the comparison is of the runners, not of the recipe. Such a candidate need not beat
+# the untuned base, so the gate registers it anyway: the second containerized run needs a production version.
+BUDGET = ["--max-train-rows", "300", "--epochs", "1", "--seed", "13", "--no-require-beat-base"]
 IMAGE = os.environ.get("SEARCHTUNE_TEST_IMAGE", images.CPU_IMAGE)
 
 
