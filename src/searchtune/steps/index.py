@@ -64,14 +64,9 @@ def text_product_id(text: str) -> str:
 
 
 def _join_text(frame: pd.DataFrame, text_columns: tuple[str, ...]) -> pd.Series:
-    """The product text of each row, cleaned and joined as ``ingest_rows.validate`` does (same text, same vector)."""
-    # ingest has no public helper for this yet; the lead may expose one and replace these lines.
-    parts = [ingest_rows.clean_text_series(frame[column]) for column in text_columns]
-    text = parts[0]
-    for part in parts[1:]:
-        both = (text != "") & (part != "")
-        text = (text + np.where(both, ingest_rows.TEXT_SEPARATOR, "") + part).str.strip()
-    return text
+    """The product text of each row, cleaned and joined by ingest's own ``product_text`` (same text, same vector)."""
+    parts = [ingest_rows.text_array(frame[column]) for column in text_columns]
+    return pd.Series(ingest_rows.product_text(parts).to_pylist(), dtype=object)
 
 
 def _chunks(path: str, columns: list[str]) -> Iterator[pd.DataFrame]:

@@ -75,10 +75,11 @@ def clean_text(values: pa.Array) -> pa.Array:
     return pc.if_else(pc.is_in(pc.ascii_lower(text), value_set=NULL_WORDS), "", text)
 
 
-def clean_text_series(values: pd.Series) -> pd.Series:
-    """:func:`clean_text` for a pandas Series (index.py builds product texts the same way)."""
-    return pd.Series(clean_text(pa.array(values.astype(object).where(values.notna(), None).map(
-        lambda v: v if v is None or isinstance(v, str) else str(v)), pa.string())).to_pylist(), index=values.index, dtype=object)
+def text_array(values: pd.Series) -> pa.Array:
+    """A pandas column as an Arrow string array (non-strings as ``str``, missing as null), for
+    :func:`product_text` (the index step joins catalog columns the way ingest joins the data's)."""
+    return pa.array(values.astype(object).where(values.notna(), None).map(
+        lambda v: v if v is None or isinstance(v, str) else str(v)), pa.string())
 
 
 def product_text(parts: list[pa.Array]) -> pa.Array:
