@@ -19,8 +19,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from searchtune import records
-from searchtune.ml.stats import Estimate, compute_statistics
+from searchtune.ml.stats import compute_statistics
 from searchtune.params import GateParams, TrainParams
+from searchtune.records import Estimate
 from searchtune.registry import ModelRegistry
 from searchtune.steps.evaluation import model_card, report, report_analysis, report_trend, report_within, summary
 from searchtune.steps.evaluation.gate import decide

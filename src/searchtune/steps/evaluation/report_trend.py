@@ -18,7 +18,7 @@ import dataclasses
 
 from searchtune import records
 from searchtune.errors import SearchtuneError, first_line
-from searchtune.ml.stats import Estimate
+from searchtune.records import Estimate
 from searchtune.registry import PRODUCTION, ModelRegistry
 from searchtune.steps.evaluation import report_plots as plots
 from searchtune.steps.evaluation.report_html import e, figure, table
